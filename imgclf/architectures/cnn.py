@@ -1,0 +1,52 @@
+"""Our own models: `cnn` (a small modern CNN) and `mlp` (the classic MNIST baseline)."""
+from imgclf.architectures import register_architecture
+
+
+@register_architecture("cnn", description="small modern CNN: conv blocks with batch-norm, pooling, dropout, "
+                                          "global pooling (good default for small and medium datasets)")
+def build_cnn(input_shape, num_classes, cfg=None):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+
+    def conv(x, filters, name):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.Activation("relu", name=f"{name}_relu")(x)
+
+    # Downsample early when the images are large, so cost stays bounded.
+    size = min(input_shape[0], input_shape[1])
+    filters = 32
+    block = 0
+    while True:
+        block += 1
+        x = conv(x, filters, f"b{block}a")
+        x = conv(x, filters, f"b{block}b")
+        if size <= 8 or block == 5:
+            break
+        x = layers.MaxPooling2D(name=f"b{block}_pool")(x)
+        x = layers.Dropout(0.2, name=f"b{block}_drop")(x)
+        size //= 2
+        filters = min(filters * 2, 256)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="head_drop")(x)
+    x = layers.Dense(128, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(0.3, name="head_drop2")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+@register_architecture("mlp", description="Flatten -> Dense(256) -> softmax: the classic MNIST baseline")
+def build_mlp(input_shape, num_classes, cfg=None):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.2, name="drop")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="mlp")

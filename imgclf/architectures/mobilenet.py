@@ -1,0 +1,124 @@
+"""Transfer learning: MobileNetV2 / V3 backbones with a new classification head.
+
+The model takes raw 0..255 pixels like our own CNN; the backbone's preprocessing (scaling to [-1, 1],
+grayscale repeated to 3 channels) is inside the graph. The backbone always runs in inference mode
+(`training=False`), so its BatchNorm statistics stay put in both phases of fine-tuning.
+"""
+from __future__ import annotations
+
+import os
+
+from imgclf.architectures import register_architecture
+from imgclf.config import MOBILENET_SIZES
+from imgclf.errors import UsageError
+
+BACKBONE_NAME = "backbone"
+
+
+def _count_h5_arrays(path: str) -> int:
+    import h5py
+
+    count = 0
+
+    def visit(_, obj):
+        nonlocal count
+        if isinstance(obj, h5py.Dataset):
+            count += 1
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return count
+
+
+def _make_backbone(family: str, input_shape, alpha: float, weights):
+    import keras
+
+    rgb_shape = (input_shape[0], input_shape[1], 3)
+    kwargs = dict(input_shape=rgb_shape, alpha=alpha, include_top=False)
+    if family == "mobilenet_v2":
+        ctor = keras.applications.MobileNetV2
+    else:
+        ctor = keras.applications.MobileNetV3Small if family == "mobilenet_v3_small" \
+            else keras.applications.MobileNetV3Large
+        kwargs["include_preprocessing"] = False  # we scale ourselves, the same way for every family
+    if weights in (None, "none"):
+        return ctor(weights=None, **kwargs)
+    if weights == "imagenet":
+        try:
+            return ctor(weights="imagenet", **kwargs)
+        except ValueError as e:
+            raise UsageError(f"--weights imagenet: {e}") from None
+        except Exception as e:  # urllib/HTTP/socket errors: no network
+            raise UsageError(f"--weights imagenet: cannot download the ImageNet weights ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'no network?'}); offline, pass a local "
+                             "backbone file with --weights PATH") from None
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise UsageError(f"--weights {path}: file not found (use imagenet, none, or a .weights.h5/.h5 file)")
+    backbone = ctor(weights=None, **kwargs)
+    expected = len(backbone.weights)
+    try:
+        found = _count_h5_arrays(path)
+    except Exception as e:
+        raise UsageError(f"--weights {path}: not a readable HDF5 weights file ({e})") from None
+    if found != expected:
+        raise UsageError(f"--weights {path}: does not fit {family} alpha={alpha} without top "
+                         f"(file has {found} weight arrays, the backbone needs {expected})")
+    try:
+        backbone.load_weights(path)
+    except Exception as e:
+        raise UsageError(f"--weights {path}: does not fit {family} alpha={alpha} without top "
+                         f"({str(e).splitlines()[0]})") from None
+    return backbone
+
+
+def build_transfer(family: str, input_shape, num_classes, cfg):
+    import keras
+    from keras import layers
+
+    weights = getattr(cfg, "weights", None) or "imagenet"
+    alpha = getattr(cfg, "alpha", 1.0)
+    backbone = _make_backbone(family, input_shape, alpha, weights)
+    backbone.name = BACKBONE_NAME
+    backbone.trainable = False
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(x)
+    x = backbone(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.2, name="head_drop")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=family)
+
+
+def unfreeze_top(model, amount: float) -> int:
+    """Phase 2: unfreeze the top `amount` layers of the backbone (a count when >= 1, else a fraction).
+    BatchNorm layers stay frozen. Returns how many layers became trainable."""
+    backbone = model.get_layer(BACKBONE_NAME)
+    backbone.trainable = True
+    n = len(backbone.layers)
+    k = int(amount) if amount >= 1 else max(1, int(round(n * amount)))
+    k = min(k, n)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= n - k and not isinstance(layer, keras_bn())
+    return k
+
+
+def keras_bn():
+    import keras
+    return keras.layers.BatchNormalization
+
+
+def _register(family, description):
+    @register_architecture(family, default_size=224, allowed_sizes=MOBILENET_SIZES, pretrained=True,
+                           description=description)
+    def build(input_shape, num_classes, cfg=None, _family=family):
+        return build_transfer(_family, input_shape, num_classes, cfg)
+    return build
+
+
+_register("mobilenet_v2", "MobileNetV2 backbone (ImageNet weights) + new head: transfer learning")
+_register("mobilenet_v3_small", "MobileNetV3-Small backbone (ImageNet weights) + new head: transfer learning")
+_register("mobilenet_v3_large", "MobileNetV3-Large backbone (ImageNet weights) + new head: transfer learning")

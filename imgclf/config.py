@@ -1,0 +1,118 @@
+"""Typed configuration: the single home of imgclf's defaults, validated up front.
+
+Overrides come in one order: these defaults < the architecture's own defaults (image size, weights)
+< command-line options.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from imgclf.errors import UsageError
+
+#: image file extensions imgclf reads (matched case-insensitively; content decides the real format)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: file names that are OS debris, never images
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
+#: images with more pixels than this are refused before decoding (decompression bombs)
+MAX_PIXELS = 89_478_485
+#: colour that transparent pixels are composited on
+BACKGROUND = (255, 255, 255)
+#: image sizes allowed for the MobileNet family
+MOBILENET_SIZES = (96, 128, 160, 192, 224)
+
+AUGMENT_POLICIES = {
+    # name: (flip, rotate degrees, shift fraction, zoom fraction, brightness fraction, contrast fraction)
+    "none": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0),
+    "light": dict(flip="horizontal", rotate=5.0, shift=0.05, zoom=0.05, brightness=0.0, contrast=0.0),
+    "medium": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1),
+    "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25),
+}
+FLIP_MODES = ("none", "horizontal", "vertical", "both")
+
+
+def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
+    if not (low <= value <= high):
+        raise UsageError(f"--{name} must be between {low} and {high}, got {value}")
+
+
+@dataclass
+class AugmentConfig:
+    """Random image operations for the training split (online) or `imgclf augment` (offline)."""
+
+    flip: str = "none"
+    rotate: float = 0.0
+    shift: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @classmethod
+    def from_options(cls, policy: str = "none", **overrides) -> "AugmentConfig":
+        if policy not in AUGMENT_POLICIES:
+            raise UsageError(f"--augment must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
+        values = dict(AUGMENT_POLICIES[policy])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.flip not in FLIP_MODES:
+            raise UsageError(f"--flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
+        _check_fraction("rotate", self.rotate, 0.0, 180.0)
+        for name in ("shift", "zoom", "brightness", "contrast"):
+            _check_fraction(name, getattr(self, name), 0.0, 0.9)
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any(
+            getattr(self, n) > 0 for n in ("rotate", "shift", "zoom", "brightness", "contrast"))
+
+
+@dataclass
+class TrainConfig:
+    """Everything `imgclf train` needs; recorded in the model's metadata.json."""
+
+    arch: str = "cnn"
+    epochs: int = 15
+    batch_size: int = 64
+    image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
+    channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
+    lr: float = 1e-3
+    seed: int = 42
+    val_split: float = 0.1                # held out of train/ when the data has no val/
+    patience: int = 4                     # early stopping on val_loss; 0 disables it
+    name: Optional[str] = None            # registry name; default: the data folder's name
+    weights: Optional[str] = None         # transfer learning: imagenet | none | PATH
+    alpha: float = 1.0                    # MobileNet width multiplier
+    fine_tune_layers: float = 0.3         # phase 2: layers (N>=1) or fraction (<1) of the backbone unfrozen
+    fine_tune_epochs: int = 0             # phase 2 epochs (0 = none)
+    class_weight: str = "none"            # auto (inverse frequency) | none
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_policy: str = "none"
+    mixed_precision: bool = False
+    cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.fine_tune_epochs < 0:
+            raise UsageError(f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.image_size is not None and not (8 <= self.image_size <= 1024):
+            raise UsageError(f"--image-size must be between 8 and 1024, got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+        if not (0 < self.lr < 1):
+            raise UsageError(f"--lr must be between 0 and 1, got {self.lr}")
+        _check_fraction("val-split", self.val_split, 0.0, 0.5)
+        if self.class_weight not in ("auto", "none"):
+            raise UsageError(f"--class-weight must be auto or none, got {self.class_weight!r}")
+        if self.fine_tune_layers <= 0:
+            raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
+        self.augment.validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,97 @@
+"""Terminal rendering only: logs and progress to stderr (rich), data tables to stdout."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.table import Table
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+class Reporter:
+    """Logs, warnings and progress bars, all on stderr."""
+
+    def __init__(self, quiet: bool = False, console: Optional[Console] = None):
+        self.quiet = quiet
+        self.console = console or err_console
+        self.warnings = 0
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg, markup=False, soft_wrap=True)
+
+    def warn(self, msg: str) -> None:
+        self.warnings += 1
+        self.console.print(f"warning: {msg}", style="yellow", markup=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: Optional[int]):
+        """Yields advance(completed) for a determinate bar."""
+        if self.quiet or not self.console.is_terminal:
+            yield lambda n: None
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=self.console, transient=True) as p:
+            task = p.add_task(description, total=total)
+            yield lambda n: p.update(task, completed=n)
+
+    def epoch_bar(self, description: str, steps: Optional[int]):
+        return _EpochBar(self, description, steps)
+
+
+class _EpochBar:
+    def __init__(self, reporter: Reporter, description: str, steps: Optional[int]):
+        self.reporter, self.description, self.steps = reporter, description, steps
+        self.p = None
+
+    def __enter__(self):
+        if not self.reporter.quiet and self.reporter.console.is_terminal:
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("eta"),
+                              TimeRemainingColumn(), console=self.reporter.console, transient=True)
+            self.p.__enter__()
+            self.task = self.p.add_task(self.description, total=self.steps, metrics="")
+        return self
+
+    def update(self, step: int, metrics: str) -> None:
+        if self.p is not None:
+            self.p.update(self.task, completed=step, metrics=metrics)
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+            self.p = None
+
+
+def print_table(title: Optional[str], columns: Sequence[str], rows: List[Sequence], console: Console = None):
+    table = Table(title=title, show_lines=False)
+    rows = [[escape(str(v)) if v is not None else "" for v in r] for r in rows]
+    for c in columns:
+        table.add_column(str(c), overflow="fold")
+    for r in rows:
+        table.add_row(*["" if v is None else str(v) for v in r])
+    (console or out_console).print(table)
+
+
+def print_confusion(class_names: Sequence[str], matrix, console: Console = None):
+    table = Table(title="confusion matrix (rows: true, columns: predicted)")
+    table.add_column("true \\ pred", style="bold")
+    for c in class_names:
+        table.add_column(str(c), justify="right")
+    for name, row in zip(class_names, matrix):
+        cells = []
+        for j, v in enumerate(row):
+            style = "green" if class_names[j] == name else ("red" if v else "dim")
+            cells.append(f"[{style}]{v}[/{style}]")
+        table.add_row(str(name), *cells)
+    (console or out_console).print(table)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

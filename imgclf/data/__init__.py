@@ -1,0 +1,1 @@
+"""The data path: scan -> split -> pipeline -> augment (one file each)."""

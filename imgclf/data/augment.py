@@ -1,0 +1,144 @@
+"""Augmentation: Keras random preprocessing layers, seeded.
+
+Online (`imgclf train --augment ...`): applied in the tf.data pipeline to the training split only;
+never part of the saved or exported model. Offline (`imgclf augment SRC DEST`): the same layers write
+new image files next to copies (or links) of the originals.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from imgclf.config import AugmentConfig
+from imgclf.errors import DataError, ImageError, UsageError
+
+
+def build_augmenter(cfg: AugmentConfig, seed: int):
+    """A keras.Sequential of random layers for raw 0..255 pixels, or None when `cfg` does nothing."""
+    if not cfg.active:
+        return None
+    import keras
+    from keras import layers
+
+    ops = []
+    if cfg.flip != "none":
+        mode = {"horizontal": "horizontal", "vertical": "vertical", "both": "horizontal_and_vertical"}[cfg.flip]
+        ops.append(layers.RandomFlip(mode, seed=seed))
+    if cfg.rotate > 0:
+        ops.append(layers.RandomRotation(cfg.rotate / 360.0, fill_mode="reflect", seed=seed + 1))
+    if cfg.shift > 0:
+        ops.append(layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="reflect", seed=seed + 2))
+    if cfg.zoom > 0:
+        ops.append(layers.RandomZoom(cfg.zoom, cfg.zoom, fill_mode="reflect", seed=seed + 3))
+    if cfg.brightness > 0:
+        ops.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 4))
+    if cfg.contrast > 0:
+        ops.append(layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(ops, name="augmentation")
+
+
+def _output_name(src_file: Path, k: int) -> str:
+    return f"{src_file.stem}_aug{k}{src_file.suffix.lower() if src_file.suffix else '.png'}"
+
+
+def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = None,
+                   target_per_class: Optional[int] = None, seed: int = 42, mode: str = "copy",
+                   force: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> Dict:
+    """Write augmented copies of a class-folder tree (or of train/ of a split root) to DEST.
+
+    `per_image` N: N new images per original. `target_per_class` N: top each class up to N images.
+    Originals are copied (or linked) too, so DEST is a complete training set."""
+    from imgclf.data.scan import find_split_dirs, require_trainable, scan
+    from imgclf.preprocessing import is_grayscale_mode, load_full
+
+    src, dest = Path(src), Path(dest)
+    if (per_image is None) == (target_per_class is None):
+        raise UsageError("give exactly one of --per-image N or --target-per-class N")
+    if (per_image is not None and per_image < 1) or (target_per_class is not None and target_per_class < 1):
+        raise UsageError("--per-image / --target-per-class must be at least 1")
+    if not cfg.active:
+        raise UsageError("no augmentation operation chosen: give --policy light|medium|heavy or an op "
+                         "such as --rotate 15")
+    if mode not in ("copy", "symlink", "hardlink"):
+        raise UsageError(f"--mode must be copy, symlink or hardlink, got {mode!r}")
+    if not src.is_dir():
+        raise DataError(f"{src}: folder not found")
+    splits = find_split_dirs(src)
+    tree = splits["train"] if splits else src
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise DataError(f"{dest}: folder is not empty (use --force to write into it)")
+    ds = scan(tree)
+    require_trainable(ds)
+    aug = build_augmenter(cfg, seed)
+    rng = np.random.default_rng(seed)
+
+    by_class: Dict[int, List] = {}
+    for s in ds.samples:
+        by_class.setdefault(s.label, []).append(s)
+    plan = []  # (sample, k)
+    for label, samples in sorted(by_class.items()):
+        samples = sorted(samples, key=lambda s: s.path)
+        if per_image is not None:
+            plan += [(s, k) for s in samples for k in range(1, per_image + 1)]
+        else:
+            missing = max(0, target_per_class - len(samples))
+            picks = rng.integers(0, len(samples), size=missing)
+            seen: Dict[str, int] = {}
+            for i in picks:
+                s = samples[int(i)]
+                seen[s.path] = seen.get(s.path, 0) + 1
+                plan.append((s, seen[s.path]))
+
+    out_root = dest / "train" if splits else dest
+    written, originals, failed = 0, 0, []
+    for s in ds.samples:
+        cls = ds.class_names[s.label]
+        rel = Path(os.path.relpath(s.path, tree / cls))
+        target = out_root / cls / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if mode == "copy":
+            shutil.copy2(s.path, target)
+        elif mode == "symlink":
+            os.symlink(os.path.abspath(s.path), target)
+        else:
+            os.link(os.path.realpath(s.path), target)
+        originals += 1
+    if splits:  # val/ and test/ are copied untouched: never augmented
+        for name in ("val", "test"):
+            if name in splits:
+                shutil.copytree(splits[name], dest / name, dirs_exist_ok=True, symlinks=True)
+
+    from PIL import Image
+    for n, (s, k) in enumerate(plan):
+        cls = ds.class_names[s.label]
+        rel = Path(os.path.relpath(s.path, tree / cls))
+        channels = 1 if is_grayscale_mode(s.mode) else 3
+        try:
+            pixels = load_full(s.path, channels)
+        except ImageError as e:
+            failed.append(e)
+            continue
+        out = np.asarray(aug(pixels[None].astype("float32"), training=True))[0]
+        out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+        target = out_root / cls / rel.parent / _output_name(rel, k)
+        img = Image.fromarray(out[:, :, 0] if channels == 1 else out, "L" if channels == 1 else "RGB")
+        fmt_ext = target.suffix.lower()
+        if fmt_ext in (".jpg", ".jpeg"):
+            img.save(target, quality=95)
+        elif fmt_ext in (".png", ".bmp", ".tif", ".tiff", ".webp"):
+            img.save(target)
+        else:  # gif and others: keep the colours exact
+            target = target.with_suffix(".png")
+            img.save(target)
+        written += 1
+        if progress:
+            progress(n + 1, len(plan))
+    return {"dest": str(dest), "originals": originals, "augmented": written,
+            "problems": [(p.path, p.reason) for p in ds.problems] + [(e.path, e.reason) for e in failed],
+            "per_class": {ds.class_names[l]: len(v) for l, v in by_class.items()}}

@@ -1,0 +1,249 @@
+"""Find the images of a class-folder tree, check them, and number the classes.
+
+DATA/<class>/**/<image>: every usable image below a class folder (nested subfolders included)
+belongs to that class. Classes are numbered in sorted order of their folder names; the names are
+stored, in index order, with every model. Problem files are reported with a reason, never edited.
+The other commands all use this scan, so they skip the same files for the same reasons.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from imgclf.config import IMAGE_EXTENSIONS, JUNK_NAMES
+from imgclf.errors import DataError, ImageError
+from imgclf.preprocessing import load_image, peek, PreprocessingSpec
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass
+class Sample:
+    path: str
+    label: int
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+
+
+@dataclass
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class Dataset:
+    root: str
+    class_names: List[str]
+    samples: List[Sample]
+    problems: List[Problem] = field(default_factory=list)
+    empty_classes: List[str] = field(default_factory=list)
+
+    def counts(self) -> Dict[str, int]:
+        c = Counter(s.label for s in self.samples)
+        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    @property
+    def paths(self) -> List[str]:
+        return [s.path for s in self.samples]
+
+    @property
+    def labels(self) -> List[int]:
+        return [s.label for s in self.samples]
+
+
+def is_junk(name: str) -> bool:
+    low = name.lower()
+    return low in JUNK_NAMES or name.startswith("._") or name.startswith(".")
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not is_junk(name)
+
+
+def walk_files(folder: str) -> Iterator[str]:
+    """Every file below `folder`, sorted, following directory symlinks without looping."""
+    seen = set()
+
+    def visit(d: str) -> Iterator[str]:
+        try:
+            st = os.stat(d)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a directory symlink loop, or the same folder twice
+            return
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if e.name.startswith("."):  # hidden files and folders, macOS ._ forks
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(e.path)
+            else:
+                yield e.path
+
+    yield from visit(folder)
+
+
+def class_folders(root: Path) -> List[Path]:
+    try:
+        return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.name)
+    except OSError as e:
+        raise DataError(f"{root}: cannot list folder ({e.strerror or e})") from None
+
+
+def find_split_dirs(root: Path) -> Optional[Dict[str, Path]]:
+    """{'train': ..., 'val': ..., 'test': ...} when `root` is a split root (train/ plus val/ or test/)."""
+    found = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            if (root / alias).is_dir():
+                found[split] = root / alias
+                break
+    if "train" in found and ("val" in found or "test" in found):
+        return found
+    return None
+
+
+def _check_file(path: str) -> Tuple[Optional[Tuple[int, int, str]], Optional[str]]:
+    """(width, height, mode) from the header, or a reason the file is unusable."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return None, "dangling symlink"
+    try:
+        w, h, mode, _ = peek(path)
+    except ImageError as e:
+        return None, e.reason
+    return (w, h, mode), None
+
+
+def _deep_check(path: str) -> Optional[str]:
+    """Decode fully (a header can be fine in a truncated file). None when the file is usable."""
+    try:
+        load_image(path, PreprocessingSpec(image_size=(1, 1), channels=3))
+    except ImageError as e:
+        return e.reason
+    return None
+
+
+def scan(root, class_names: Optional[Sequence[str]] = None, deep: bool = False,
+         workers: Optional[int] = None) -> Dataset:
+    """Scan a class-folder tree. With `class_names`, labels follow that order (an evaluation set for a
+    model) and a class folder the model does not know is an error. `deep` decodes every image fully."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    folders = class_folders(root)
+    if not folders:
+        loose = [n for n in os.listdir(root) if is_image_name(n)]
+        hint = " (images must sit in one subfolder per class)" if loose else ""
+        raise DataError(f"{root}: no class folders found{hint}")
+    files_by_class: Dict[str, List[str]] = {}
+    problems: List[Problem] = []
+    for folder in folders:
+        files = []
+        for f in walk_files(str(folder)):
+            name = os.path.basename(f)
+            if is_junk(name):
+                continue
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            files.append(f)
+        files_by_class[folder.name] = files
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+        all_files = [f for files in files_by_class.values() for f in files]
+        checks = dict(zip(all_files, pool.map(_check_file, all_files)))
+        if deep:
+            ok = [f for f in all_files if checks[f][0] is not None]
+            for f, reason in zip(ok, pool.map(_deep_check, ok)):
+                if reason is not None:
+                    checks[f] = (None, reason)
+
+    usable: Dict[str, List[Sample]] = {}
+    for cls, files in files_by_class.items():
+        kept = []
+        for f in files:
+            info, reason = checks[f]
+            if reason is not None:
+                problems.append(Problem(f, reason))
+                continue
+            kept.append(Sample(f, -1, info[0], info[1], info[2]))
+        usable[cls] = kept
+
+    empty = [c for c, s in usable.items() if not s]
+    if class_names is None:
+        class_names = [c for c in usable if usable[c]]
+    else:
+        class_names = list(class_names)
+        unknown = [c for c in usable if usable[c] and c not in class_names]
+        if unknown:
+            raise DataError(f"{root}: class folder(s) {', '.join(unknown)} not among the model's classes "
+                            f"({', '.join(class_names)})")
+    index = {c: i for i, c in enumerate(class_names)}
+    samples = []
+    for cls, kept in usable.items():
+        if cls in index:
+            for s in kept:
+                s.label = index[cls]
+                samples.append(s)
+    return Dataset(str(root), class_names, samples, problems, empty)
+
+
+def require_trainable(ds: Dataset) -> None:
+    """A training set needs images of at least two classes."""
+    if not ds.samples:
+        extra = f" ({len(ds.problems)} unusable files)" if ds.problems else ""
+        raise DataError(f"{ds.root}: no usable images found{extra}")
+    if len(ds.class_names) < 2:
+        raise DataError(f"{ds.root}: only one class ({ds.class_names[0]}); a classifier needs at least two "
+                        "class folders")
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_duplicates(named_samples: Iterable[Tuple[str, str, str]]) -> List[Problem]:
+    """Given (split, class, path) triples, report exact duplicate files (same content): inside one class,
+    across classes (label conflict) and across splits (leakage)."""
+    by_hash: Dict[str, List[Tuple[str, str, str]]] = defaultdict(list)
+    items = list(named_samples)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for item, digest in zip(items, pool.map(lambda t: file_digest(t[2]), items)):
+            by_hash[digest].append(item)
+    problems = []
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        first = group[0]
+        for split, cls, path in group[1:]:
+            if cls != first[1]:
+                reason = f"label conflict: same content as {first[2]} (class {first[1]})"
+            elif split != first[0]:
+                reason = f"leakage: same content as {first[2]} ({first[0]} split)"
+            else:
+                reason = f"duplicate of {first[2]}"
+            problems.append(Problem(path, reason))
+    return problems

@@ -1,0 +1,34 @@
+"""Errors a user sees. Each message is one line that names the file or argument and the reason."""
+
+
+class ImgclfError(Exception):
+    """Base class: the CLI prints `error: <message>` and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(ImgclfError):
+    """A bad argument or combination of arguments."""
+
+    exit_code = 2
+
+
+class DataError(ImgclfError):
+    """The dataset cannot be used (missing folder, no images, a single class, ...)."""
+
+
+class ImageError(ImgclfError):
+    """One image cannot be used; callers skip it and report `path: reason`."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class ModelNotFound(ImgclfError):
+    """An unknown model name, version or path."""
+
+
+class ExportError(ImgclfError):
+    """ONNX export failed or the exported model disagrees with Keras."""

@@ -1,0 +1,106 @@
+"""`imgclf evaluate`: accuracy, per-class precision/recall/F1, the confusion matrix and the misclassified
+images, as files (CSV, PNG, JSON) and as one report."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from imgclf import registry
+from imgclf.data.pipeline import decode
+from imgclf.data.scan import find_split_dirs, scan
+from imgclf.errors import DataError, UsageError
+from imgclf.predict import load_classifier, predict_probabilities
+
+OUTPUT_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
+                "misclassified.png")
+
+
+def evaluation_folder(data) -> Path:
+    """A split root is evaluated on test/ (else val/); any other folder as a class-folder tree."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    dirs = find_split_dirs(root)
+    if dirs:
+        return dirs.get("test") or dirs["val"]
+    return root
+
+
+def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
+             force: bool = False, reporter=None) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from imgclf.plots import confusion_matrix_png, misclassified_png
+
+    folder = evaluation_folder(data)
+    user_out = out is not None
+    out = Path(out) if out else (ref.path / "evaluation")
+    if user_out and not force:
+        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+        if clash:
+            raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
+    clf = load_classifier(ref, backend)
+    class_names = clf.class_names
+    ds = scan(folder, class_names=class_names)
+    if reporter:
+        for p in ds.problems:
+            reporter.warn(f"skipped {p.path}: {p.reason}")
+    if not ds.samples:
+        raise DataError(f"{folder}: no usable images to evaluate")
+    if reporter:
+        with reporter.progress("decoding", total=len(ds.samples)) as advance:
+            d = decode(ds.paths, ds.labels, clf.spec, progress=advance)
+        for e in d.problems:
+            reporter.warn(f"skipped {e.path}: {e.reason}")
+    else:
+        d = decode(ds.paths, ds.labels, clf.spec)
+    if not len(d.labels):
+        raise DataError(f"{folder}: no decodable images to evaluate")
+    probs = predict_probabilities(clf, np.asarray(d.pixels))
+    pred = probs.argmax(axis=1)
+    y = d.labels
+    k = len(class_names)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=list(range(k)),
+                                                                     zero_division=0)
+    accuracy = float((pred == y).mean())
+    per_class = [{"class": class_names[i], "precision": round(float(precision[i]), 6),
+                  "recall": round(float(recall[i]), 6), "f1": round(float(f1[i]), 6), "support": int(support[i])}
+                 for i in range(k)]
+    wrong = np.flatnonzero(pred != y)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    misclassified = [{"path": d.paths[i], "true": class_names[y[i]], "predicted": class_names[pred[i]],
+                      "confidence": round(float(probs[i, pred[i]]), 6)} for i in wrong]
+
+    report = {
+        "model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend, "images": int(len(y)),
+        "skipped": len(ds.problems) + len(d.problems), "accuracy": round(accuracy, 6),
+        "macro_f1": round(float(np.mean(f1)), 6), "class_names": class_names,
+        "per_class": per_class, "confusion_matrix": cm.tolist(), "misclassified": misclassified,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump({k_: v for k_, v in report.items() if k_ != "misclassified"} |
+                  {"misclassified_count": len(misclassified)}, f, indent=2)
+    with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted"] + class_names)
+        for name, row in zip(class_names, cm):
+            w.writerow([name] + [int(v) for v in row])
+    with open(out / "misclassified.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "true", "predicted", "confidence"])
+        w.writeheader()
+        w.writerows(misclassified)
+    confusion_matrix_png(out / "confusion_matrix.png", class_names, cm)
+    misclassified_png(out / "misclassified.png", misclassified, [d.pixels[i] for i in wrong[:25]])
+    report["outputs"] = str(out)
+    if not ref.onnx_only:
+        registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
+                                                  "macro_f1": report["macro_f1"], "images": report["images"],
+                                                  "outputs": str(out)})
+    return report

@@ -1,0 +1,180 @@
+"""The ONLY place that turns an image file into pixels.
+
+Training, evaluation, prediction and the parity check of the ONNX export all call `load_image`, and
+the model's `PreprocessingSpec` travels with it (metadata.json and the ONNX metadata_props), so the
+three can never disagree. Numeric scaling is not done here: the model takes raw 0..255 pixels and
+scales them inside its graph.
+
+Steps, in order: open by content (not by extension) -> first frame -> refuse decompression bombs
+-> EXIF orientation -> mode to L or RGB (16-bit scaled to 8 bit, transparency composited on
+`background`, CMYK/YCbCr/palette converted) -> resize to `image_size` (bilinear, stretched, no crop)
+-> uint8 array of shape (height, width, channels).
+
+Only Pillow and NumPy are imported here: the prediction path must not import TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Tuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgclf.config import BACKGROUND, MAX_PIXELS
+from imgclf.errors import ImageError
+
+# Pillow only warns about big images; we refuse them ourselves, with a message, before decoding.
+Image.MAX_IMAGE_PIXELS = None
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How a file becomes the model's input. Stored with every model and export."""
+
+    image_size: Tuple[int, int]            # (height, width)
+    channels: int                          # 1 (grayscale) or 3 (RGB)
+    resize: str = "bilinear"               # Pillow resample filter; the image is stretched, not cropped
+    background: Tuple[int, int, int] = BACKGROUND  # transparent pixels are composited on this colour
+    input_range: Tuple[int, int] = (0, 255)  # the model takes raw pixels as float32 ...
+    input_layout: str = "NHWC"             # ... in this layout; scaling happens inside the model
+    color_order: str = field(default="RGB")
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (self.image_size[0], self.image_size[1], self.channels)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["background"] = list(self.background)
+        d["input_range"] = list(self.input_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessingSpec":
+        return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]),
+                   resize=d.get("resize", "bilinear"), background=tuple(d.get("background", BACKGROUND)),
+                   input_range=tuple(d.get("input_range", (0, 255))),
+                   input_layout=d.get("input_layout", "NHWC"), color_order=d.get("color_order", "RGB"))
+
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+
+
+def is_grayscale_mode(mode: str) -> bool:
+    return mode in GRAY_MODES
+
+
+def open_image(path) -> Image.Image:
+    """Open by content and check the header; raise ImageError(path, reason) when unusable."""
+    p = os.fspath(path)
+    try:
+        size = os.path.getsize(p)
+    except FileNotFoundError:
+        raise ImageError(p, "file not found" if not os.path.islink(p) else "dangling symlink") from None
+    except OSError as e:
+        raise ImageError(p, f"cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise ImageError(p, "empty file")
+    try:
+        im = Image.open(p)
+    except FileNotFoundError:
+        raise ImageError(p, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(p, "is a directory") from None
+    except PermissionError:
+        raise ImageError(p, "permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(p, "not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(p, f"unreadable image ({e})") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise ImageError(p, f"too large to decode safely ({w}x{h} = {w * h:,} pixels, limit {MAX_PIXELS:,})")
+    if w < 1 or h < 1:
+        im.close()
+        raise ImageError(p, f"invalid size {w}x{h}")
+    return im
+
+
+def _to_mode(im: Image.Image, channels: int, background=BACKGROUND) -> Image.Image:
+    """Convert any Pillow mode to L (channels=1) or RGB (channels=3), correctly."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # convert("L") would clip 16-bit values to white: scale to 8 bit first.
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        arr = np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
+        im = Image.fromarray(arr, mode="L")
+        mode = "L"
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        im = Image.alpha_composite(base, rgba)
+    target = "L" if channels == 1 else "RGB"
+    if im.mode != target:
+        im = im.convert(target)
+    return im
+
+
+def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
+    """Decode one file fully into a uint8 array of `spec.shape`. Raises ImageError(path, reason)."""
+    im = open_image(path)
+    try:
+        with im:
+            height, width = spec.image_size
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            if im.format == "JPEG":
+                # Let the JPEG decoder scale down by 2/4/8 when the image is much larger than the target.
+                im.draft("L" if spec.channels == 1 else "RGB", (width * 2, height * 2))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = _to_mode(im, spec.channels, spec.background)
+            if im.size != (width, height):
+                im = im.resize((width, height), RESAMPLE)
+            arr = np.asarray(im, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason:
+            reason = f"truncated or corrupt ({reason})"
+        raise ImageError(os.fspath(path), f"cannot decode ({reason})") from None
+    except MemoryError:
+        raise ImageError(os.fspath(path), "out of memory while decoding") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def peek(path) -> Tuple[int, int, str, str]:
+    """(width, height, mode, format) from the header alone. Raises ImageError."""
+    im = open_image(path)
+    with im:
+        return im.size[0], im.size[1], im.mode, im.format or "?"
+
+
+def load_full(path, channels: int) -> np.ndarray:
+    """Decode at the file's own size (for offline augmentation): same checks and mode handling as
+    `load_image`, without the resize."""
+    im = open_image(path)
+    try:
+        with im:
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(_to_mode(im, channels), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(os.fspath(path), f"cannot decode ({e or type(e).__name__})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr

@@ -1,0 +1,294 @@
+"""The model registry on disk.
+
+    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, [model.onnx], [evaluation/]
+    ROOT/NAME/tags.json  {"alias": VERSION}
+    ROOT/.staging/RUN/   a training run in progress (checkpoints; resumable); never listed as a model
+    ROOT/.lock           a file lock: version numbers are handed out under it
+
+A version appears only by an atomic rename of a complete staging folder, so a killed or failed run
+never shows up as a usable model. ROOT is --registry, else $IMGCLF_HOME, else a per-user data folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from imgclf.errors import ModelNotFound, UsageError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+METADATA = "metadata.json"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+HISTORY = "history.csv"
+STAGING = ".staging"
+
+
+def default_root() -> Path:
+    if os.environ.get("IMGCLF_HOME"):
+        return Path(os.environ["IMGCLF_HOME"])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "imgclf" / "models"
+
+
+def root_of(registry: Optional[os.PathLike]) -> Path:
+    return Path(registry) if registry else default_root()
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not NAME_RE.match(name or "") or ".." in name:
+        raise UsageError(f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
+                         "(at most 64, starting with a letter or digit)")
+    return name
+
+
+def safe_name(text: str) -> str:
+    """A valid model name derived from a folder name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "model"
+    if not name[0].isalnum():
+        name = "m" + name
+    return name[:64].replace("..", ".")
+
+
+class Lock:
+    """An exclusive lock on ROOT/.lock (fcntl on POSIX, msvcrt on Windows)."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        if sys.platform == "win32":
+            import msvcrt
+            while True:
+                try:
+                    msvcrt.locking(self.fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        else:
+            import fcntl
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if sys.platform != "win32":
+            import fcntl
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@dataclass
+class ModelRef:
+    path: Path                   # the version folder (or the folder holding a standalone file)
+    metadata: dict
+    onnx_only: Optional[Path] = None  # a standalone .onnx file given by path
+
+    @property
+    def label(self) -> str:
+        m = self.metadata
+        return f"{m.get('name', '?')}:{m.get('version', '?')}" if "name" in m else str(self.path)
+
+    @property
+    def keras_path(self) -> Path:
+        return self.path / KERAS_FILE
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.onnx_only or self.path / ONNX_FILE
+
+
+def _versions(root: Path, name: str) -> List[int]:
+    d = root / name
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        if p.name.isdigit() and (p / METADATA).is_file():
+            out.append(int(p.name))
+    return sorted(out)
+
+
+def new_staging(root: Path, name: str, run_id: Optional[str] = None) -> Path:
+    check_name(name)
+    run_id = run_id or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    path = root / STAGING / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def commit(root: Path, staging: Path, name: str, metadata: dict) -> Tuple[int, Path]:
+    """Give the run its version number and make it visible, atomically."""
+    check_name(name)
+    with Lock(root):
+        existing = [int(p.name) for p in (root / name).iterdir() if p.name.isdigit()] \
+            if (root / name).is_dir() else []
+        version = max(existing, default=0) + 1
+        metadata = dict(metadata, name=name, version=version)
+        write_json_atomic(staging / METADATA, metadata)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        final = root / name / str(version)
+        os.rename(staging, final)
+    return version, final
+
+
+def update_metadata(ref: ModelRef, **fields) -> dict:
+    if ref.onnx_only:
+        return ref.metadata
+    root = ref.path.parent.parent
+    with Lock(root):
+        meta = read_json(ref.path / METADATA)
+        meta.update(fields)
+        write_json_atomic(ref.path / METADATA, meta)
+    ref.metadata = meta
+    return meta
+
+
+def _load_ref(folder: Path) -> ModelRef:
+    try:
+        meta = read_json(folder / METADATA)
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{folder}: not a usable model folder ({METADATA}: {e})") from None
+    return ModelRef(folder, meta)
+
+
+def _tags(root: Path, name: str) -> Dict[str, int]:
+    p = root / name / "tags.json"
+    try:
+        return read_json(p) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve(registry, ref: str = "latest") -> ModelRef:
+    """MODEL: NAME (newest version), NAME:VERSION, NAME:TAG, latest, or a path to a model folder or file."""
+    root = root_of(registry)
+    p = Path(ref)
+    if ref not in ("latest",) and (p.exists() or os.sep in ref or ref.endswith((".keras", ".onnx"))):
+        if not p.exists():
+            raise ModelNotFound(f"{ref}: model file or folder not found")
+        if p.is_dir():
+            if not (p / METADATA).is_file():
+                raise ModelNotFound(f"{ref}: folder has no {METADATA}; not an imgclf model")
+            return _load_ref(p)
+        if (p.parent / METADATA).is_file():
+            return _load_ref(p.parent)
+        if p.suffix == ".onnx":
+            from imgclf.export import read_onnx_metadata
+            return ModelRef(p.parent, read_onnx_metadata(p), onnx_only=p)
+        raise ModelNotFound(f"{ref}: no {METADATA} beside this file; not an imgclf model")
+    if ref == "latest":
+        models = list_models(root)[0]
+        if not models:
+            raise ModelNotFound(f"no models in the registry {root}; train one with `imgclf train DATA`")
+        newest = max(models, key=lambda m: (m.metadata.get("created", ""), m.metadata.get("version", 0)))
+        return newest
+    name, _, version = ref.partition(":")
+    check_name(name)
+    versions = _versions(root, name)
+    if not versions:
+        known = sorted({m.metadata.get("name") for m in list_models(root)[0]})
+        hint = f"; known: {', '.join(known)}" if known else ""
+        raise ModelNotFound(f"unknown model {name!r} in {root}{hint}")
+    if not version:
+        return _load_ref(root / name / str(versions[-1]))
+    if version.isdigit():
+        if int(version) not in versions:
+            raise ModelNotFound(f"model {name} has no version {version} (versions: "
+                                f"{', '.join(map(str, versions))})")
+        return _load_ref(root / name / version)
+    tags = _tags(root, name)
+    if version in tags and int(tags[version]) in versions:
+        return _load_ref(root / name / str(tags[version]))
+    raise ModelNotFound(f"model {name} has no version or tag {version!r}")
+
+
+def list_models(registry) -> Tuple[List[ModelRef], List[str]]:
+    """(complete models sorted by name and version, debris descriptions). Never raises on debris."""
+    root = root_of(registry)
+    models, debris = [], []
+    if not root.is_dir():
+        return models, debris
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        for v in sorted((p for p in d.iterdir() if p.is_dir()), key=lambda p: (not p.name.isdigit(), p.name)):
+            if not v.name.isdigit():
+                continue
+            try:
+                models.append(_load_ref(v))
+            except ModelNotFound as e:
+                debris.append(str(e))
+    staging = root / STAGING
+    if staging.is_dir():
+        for run in sorted(staging.iterdir()):
+            info = run / "run.json"
+            status = "unfinished run"
+            if info.is_file():
+                try:
+                    meta = read_json(info)
+                    status = f"unfinished run (pid {meta.get('pid')}, epoch {meta.get('epochs_done', 0)})"
+                except (OSError, ValueError):
+                    pass
+            debris.append(f"{run}: {status}; resume with `imgclf train --resume {run.name}`")
+    models.sort(key=lambda m: (m.metadata.get("name", ""), int(m.metadata.get("version", 0))))
+    return models, debris
+
+
+def remove(registry, ref: str) -> Path:
+    root = root_of(registry).resolve()
+    model = resolve(registry, ref)
+    if model.onnx_only:
+        raise UsageError(f"{ref}: not a registry model; `models rm` removes only inside {root}")
+    target = model.path.resolve()
+    if root not in target.parents or target.parent.parent != root:
+        raise UsageError(f"{ref}: {target} is outside the registry {root}; not removed")
+    with Lock(root):
+        trash = root / STAGING / f".rm-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, trash)  # atomic: gone from listings at once
+    shutil.rmtree(trash, ignore_errors=True)
+    return target
+
+
+def set_tag(registry, ref: str, alias: str) -> ModelRef:
+    check_name(alias, "tag")
+    if alias.isdigit() or alias == "latest":
+        raise UsageError(f"invalid tag {alias!r}: a tag cannot be a number or 'latest'")
+    model = resolve(registry, ref)
+    if model.onnx_only:
+        raise UsageError(f"{ref}: only registry models can be tagged")
+    root = root_of(registry)
+    name = model.metadata["name"]
+    with Lock(root):
+        tags = _tags(root, name)
+        tags[alias] = int(model.metadata["version"])
+        write_json_atomic(root / name / "tags.json", tags)
+    return model
