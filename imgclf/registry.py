@@ -191,7 +191,12 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
     """MODEL: NAME (newest version), NAME:VERSION, NAME:TAG, latest, or a path to a model folder or file."""
     root = root_of(registry)
     p = Path(ref)
-    if ref not in ("latest",) and (p.exists() or os.sep in ref or ref.endswith((".keras", ".onnx"))):
+    # A bare NAME that is also a folder in the working directory (typically the data folder the model was
+    # named after) means the registry model, unless that folder is itself a model folder.
+    shadowed = (os.sep not in ref and p.is_dir() and not (p / METADATA).is_file() and NAME_RE.match(ref)
+                and bool(_versions(root, ref)))
+    if ref not in ("latest",) and not shadowed and (p.exists() or os.sep in ref
+                                                    or ref.endswith((".keras", ".onnx"))):
         if not p.exists():
             raise ModelNotFound(f"{ref}: model file or folder not found")
         if p.is_dir():

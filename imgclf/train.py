@@ -184,6 +184,18 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
                   f"{', ...' if len(splits.class_names) > 10 else ''}); images {spec.image_size[0]}x"
                   f"{spec.image_size[1]}x{spec.channels}; arch {cfg.arch}")
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    import keras
+
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.seed)
+    # build first: a bad --weights file fails before minutes of decoding
+    model = arch.build(spec.shape, len(splits.class_names), cfg)
+
     cache_dir = cfg.cache_dir or str(root / ".cache")
     decoded = {}
     for split_name in ("train", "val", "test"):
@@ -211,15 +223,6 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
                          if k in ("started", "epochs_done")})
     registry.write_json_atomic(staging / "run.json", run_info)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import warnings
-
-    import keras
-
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(cfg.seed)
     from imgclf.data.augment import build_augmenter
 
     augmenter = build_augmenter(cfg.augment, cfg.seed)
@@ -228,7 +231,6 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
     val_ds = make_dataset(va.pixels, va.labels, cfg.batch_size) if va is not None and len(va.labels) else None
     weights = class_weights(tr.labels, len(splits.class_names)) if cfg.class_weight == "auto" else None
 
-    model = arch.build(spec.shape, len(splits.class_names), cfg)
     history_path = staging / registry.HISTORY
     if not resume and history_path.exists():
         history_path.unlink()

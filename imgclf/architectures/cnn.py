@@ -22,8 +22,7 @@ def build_cnn(input_shape, num_classes, cfg=None):
     block = 0
     while True:
         block += 1
-        x = conv(x, filters, f"b{block}a")
-        x = conv(x, filters, f"b{block}b")
+        x = conv(x, filters, f"b{block}")
         if size <= 8 or block == 5:
             break
         x = layers.MaxPooling2D(name=f"b{block}_pool")(x)

@@ -1,0 +1,185 @@
+"""Shared fixtures: images drawn with Pillow in temp folders, an in-process CLI runner, and one tiny
+model trained once per session (plus its ONNX export) that the command tests share.
+
+Every registry the tests use lives in a temp folder; $IMGCLF_HOME points at an empty temp folder too, so a
+test that forgets --registry can never write into the user's home.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+import atexit
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+# Before anything imports TensorFlow (the CLI imports it lazily, inside the commands).
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+# Never the user's registry, also for the subprocesses the tests start.
+os.environ["IMGCLF_HOME"] = tempfile.mkdtemp(prefix="imgclf-test-home-")
+atexit.register(shutil.rmtree, os.environ["IMGCLF_HOME"], True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from imgclf.cli import app  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGES = REPO / "sample_images"
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+def cli(*args, input: Optional[str] = None):
+    """Run `imgclf ARGS` in-process. A Python exception escaping the CLI (a traceback a user would see)
+    fails the test with that traceback; so does the word Traceback in the output."""
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        tb = "".join(traceback.format_exception(*result.exc_info))
+        raise AssertionError(f"`imgclf {' '.join(map(str, args))}` crashed:\n{tb}\nstderr:\n{result.stderr}")
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def error_line(result) -> str:
+    """The single `error: ...` line of a failed command (asserts there is exactly one error line)."""
+    assert result.exit_code != 0, result.output
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def run_imgclf(*args, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    """`python -m imgclf ARGS` in a real process (for what needs one: signals, parallel runs)."""
+    return subprocess.run([sys.executable, "-m", "imgclf", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(), **kw)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# --------------------------------------------------------------------------------------- the images
+
+COLOURS = {"red": (210, 40, 40), "green": (40, 190, 40), "blue": (40, 40, 210)}
+
+
+def noisy(mode: str, size=(16, 16), base=None, rng=None, spread: float = 25.0) -> Image.Image:
+    """A small noisy image: around `base` (a grey level or an RGB colour) or uniform noise."""
+    rng = rng if rng is not None else np.random.default_rng()
+    w, h = size
+    if mode == "L":
+        centre = 128 if base is None else base
+        arr = centre + rng.normal(0, spread if base is not None else 80, (h, w))
+    else:
+        centre = np.array(base if base is not None else (128, 128, 128), dtype=float)
+        arr = centre[None, None, :] + rng.normal(0, spread if base is not None else 80, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode)
+
+
+def make_tree(root: Path, counts: Dict[str, int], mode: str = "RGB", size=(16, 16), seed: int = 0,
+              ext: str = ".png") -> Path:
+    """root/<class>/img_NNN<ext>. Classes are easy to tell apart: colours (red/green/blue) in RGB, brightness
+    (dark/bright/mid) in grayscale. Every image has its own noise, so no two files are identical."""
+    rng = np.random.default_rng(seed)
+    grey_levels = {"dark": 40, "bright": 215, "mid": 128}
+    for i, (cls, n) in enumerate(counts.items()):
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        if mode == "L":
+            base = grey_levels.get(cls, [40, 215, 128][i % 3])
+        else:
+            base = COLOURS.get(cls, list(COLOURS.values())[i % 3])
+        for k in range(n):
+            noisy(mode, size, base, rng).save(d / f"img_{k:03d}{ext}")
+    return root
+
+
+def tree_digest(root: Path) -> dict:
+    """relative path -> (kind, content hash or link target) for everything below root (links not followed)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", None)
+            else:
+                out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+def image_files(root: Path):
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+# ----------------------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class Trained:
+    registry: Path          # registry root
+    data: Path              # the class-folder tree it was trained on
+    name: str               # registry name
+    path: Path              # the version folder
+
+    @property
+    def metadata(self) -> dict:
+        return json.loads((self.path / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    """Three colour classes, 12 RGB images of 20x20 each."""
+    return make_tree(tmp_path_factory.mktemp("colour") / "colours", {"blue": 12, "green": 12, "red": 12},
+                     mode="RGB", size=(20, 20), seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, colour_data) -> Trained:
+    """One tiny model for the whole session: mlp (learns colours in 3 epochs), 16 px. Tests that change
+    the registry work on a copy (`registry_copy`)."""
+    registry = tmp_path_factory.mktemp("registry")
+    r = cli("train", colour_data, "--registry", registry, "--arch", "mlp", "--epochs", 3, "--image-size", 16,
+            "--patience", 0, "--name", "colours", "--format", "json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    return Trained(registry, colour_data, "colours", Path(info["path"]))
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, trained) -> Trained:
+    """The session model in its own registry, exported to ONNX."""
+    registry = tmp_path_factory.mktemp("registry-onnx")
+    shutil.copytree(trained.registry, registry, dirs_exist_ok=True)
+    r = cli("export", "colours", "--registry", registry)
+    assert r.exit_code == 0, r.output
+    return Trained(registry, trained.data, "colours", registry / "colours" / "1")
+
+
+@pytest.fixture
+def registry_copy(tmp_path, trained) -> Path:
+    """A private copy of the session registry, for tests that change it."""
+    dest = tmp_path / "registry"
+    shutil.copytree(trained.registry, dest)
+    return dest
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
