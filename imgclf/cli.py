@@ -415,6 +415,28 @@ def models_rm(model: str = typer.Argument(..., help="NAME:VERSION (or NAME for i
     _reporter().info(f"removed {ref.label} ({path})")
 
 
+@models_app.command("clean")
+@handle_errors
+def models_clean(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+                 registry: Optional[Path] = RegistryOpt):
+    """Delete unfinished runs whose process has ended (they can no longer be resumed)."""
+    from imgclf import registry as reg
+
+    stale = [(run, info) for run, info, alive in reg.unfinished_runs(registry) if not alive]
+    if not stale:
+        _reporter().info("nothing to clean")
+        return
+    for run, info in stale:
+        _reporter().info(f"unfinished run {run.name} ({info.get('epochs_done', 0)} epochs done)")
+    if not yes:
+        if not sys.stdin.isatty():
+            from imgclf.errors import UsageError
+            raise UsageError(f"not deleting {len(stale)} unfinished run(s) without confirmation: pass --yes")
+        typer.confirm(f"delete {len(stale)} unfinished run(s)?", abort=True, err=True)
+    removed = reg.clean(registry)
+    _reporter().info(f"deleted {len(removed)} unfinished run(s)")
+
+
 @models_app.command("tag")
 @handle_errors
 def models_tag(model: str = typer.Argument(..., help="NAME:VERSION to tag."),

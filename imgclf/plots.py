@@ -40,10 +40,11 @@ def confusion_matrix_png(path, class_names: Sequence[str], matrix: np.ndarray) -
         d.text((label_w - 8 - _text_w(d, class_names[i], font), top + i * cell + cell // 2 - 8),
                class_names[i], fill="black", font=font)
         # column labels, rotated
-        lab = Image.new("RGBA", (label_w, 20), (255, 255, 255, 0))
+        tw = _text_w(d, class_names[i], font) + 4
+        lab = Image.new("RGBA", (tw, 20), (255, 255, 255, 0))
         ImageDraw.Draw(lab).text((0, 2), class_names[i], fill="black", font=font)
-        lab = lab.rotate(90, expand=True)
-        img.paste(lab, (label_w + i * cell + cell // 2 - 10, top - 8 - lab.size[1] + (label_w - _text_w(d, class_names[i], font))), lab)
+        lab = lab.rotate(90, expand=True)  # reads bottom to top, ending just above its column
+        img.paste(lab, (label_w + i * cell + cell // 2 - 10, top - 8 - tw), lab)
         for j in range(n):
             f = float(frac[i, j])
             if i == j:

@@ -251,18 +251,12 @@ def list_models(registry) -> Tuple[List[ModelRef], List[str]]:
                 models.append(_load_ref(v))
             except ModelNotFound as e:
                 debris.append(str(e))
-    staging = root / STAGING
-    if staging.is_dir():
-        for run in sorted(staging.iterdir()):
-            info = run / "run.json"
-            status = "unfinished run"
-            if info.is_file():
-                try:
-                    meta = read_json(info)
-                    status = f"unfinished run (pid {meta.get('pid')}, epoch {meta.get('epochs_done', 0)})"
-                except (OSError, ValueError):
-                    pass
-            debris.append(f"{run}: {status}; resume with `imgclf train --resume {run.name}`")
+    for run, info, alive in unfinished_runs(root):
+        if run.name.startswith(".rm-"):
+            continue
+        state = "in progress" if alive else "interrupted"
+        debris.append(f"unfinished run {run.name} ({state}, {info.get('epochs_done', 0)} epochs done): "
+                      f"resume with `imgclf train --resume {run.name}`, or delete with `imgclf models clean`")
     models.sort(key=lambda m: (m.metadata.get("name", ""), int(m.metadata.get("version", 0))))
     return models, debris
 
@@ -297,3 +291,37 @@ def set_tag(registry, ref: str, alias: str) -> ModelRef:
         tags[alias] = int(model.metadata["version"])
         write_json_atomic(root / name / "tags.json", tags)
     return model
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def unfinished_runs(registry) -> List[Tuple[Path, dict, bool]]:
+    """(staging folder, run.json contents, still running) for every run that never reached the registry."""
+    staging = root_of(registry) / STAGING
+    out = []
+    if staging.is_dir():
+        for run in sorted(staging.iterdir()):
+            info = {}
+            try:
+                info = read_json(run / "run.json")
+            except (OSError, ValueError):
+                pass
+            out.append((run, info, _pid_alive(info.get("pid")) if info else False))
+    return out
+
+
+def clean(registry) -> List[Path]:
+    """Remove the folders of unfinished runs whose process is gone (they can no longer be resumed
+    after this). Runs still in progress are left alone."""
+    removed = []
+    for run, info, alive in unfinished_runs(registry):
+        if not alive:
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
+    return removed

@@ -238,9 +238,10 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
     if arch.pretrained and cfg.fine_tune_epochs > 0:
         phases.append(("fine-tune", cfg.fine_tune_epochs, cfg.lr / 10))
 
-    epoch_offset = 0
     try:
         for phase, epochs, lr in phases:
+            # epochs of earlier phases come first in history.csv (early stopping may have cut them short)
+            epoch_offset = sum(1 for r in _history_rows(history_path) if r["phase"] != phase)
             if phase == "fine-tune":
                 from imgclf.architectures.mobilenet import unfreeze_top
                 k = unfreeze_top(model, cfg.fine_tune_layers)
@@ -248,7 +249,6 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
             if (staging / f"after-{phase}.weights.h5").exists() and phase != phases[-1][0]:
                 # phase finished before an interruption: its best weights were saved after it
                 model.load_weights(staging / f"after-{phase}.weights.h5")
-                epoch_offset += epochs
                 continue
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"])
@@ -263,9 +263,14 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                       class_weight=weights, verbose=0)
             model.save_weights(staging / f"after-{phase}.weights.h5")
-            epoch_offset += epochs
-    except KeyboardInterrupt:
+    except BaseException as exc:
         rows = _history_rows(history_path)
+        if not rows and not resume:  # nothing worth keeping: leave no debris
+            shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        if not rows:
+            raise Interrupted("interrupted before the first epoch completed; nothing was saved") from None
         raise Interrupted(f"interrupted after {len(rows)} completed epoch(s); the run is kept in {staging}; "
                           f"continue it with `imgclf train --resume {staging.name}"
                           f"{' --registry ' + str(registry_dir) if registry_dir else ''}`") from None
