@@ -257,8 +257,12 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
                 _EpochLogger(history_path, phase, epoch_offset, staging, reporter, epochs),
             ]
             if cfg.patience > 0:
+                monitor = "val_loss" if val_ds is not None else "loss"
+                # halve the step size when progress stalls, well before early stopping gives up
+                callbacks.append(_warm_plateau(keras)(
+                    monitor=monitor, factor=0.5, patience=max(1, cfg.patience // 2), min_lr=lr / 32, verbose=0))
                 callbacks.append(keras.callbacks.EarlyStopping(
-                    monitor="val_loss" if val_ds is not None else "loss", patience=cfg.patience,
+                    monitor=monitor, patience=cfg.patience,
                     restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                       class_weight=weights, verbose=0)
@@ -367,6 +371,17 @@ def _make_epoch_logger():
                                f"acc {logs.get('accuracy', 0):.4f}{val} ({seconds:.1f}s)")
 
     return EpochLogger
+
+
+def _warm_plateau(keras):
+    class WarmReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+        """ReduceLROnPlateau that, like our early stopping, ignores the BatchNorm warm-up epochs."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch >= WARMUP_EPOCHS:
+                super().on_epoch_end(epoch, logs)
+
+    return WarmReduceLROnPlateau
 
 
 def _EpochLogger(*args):

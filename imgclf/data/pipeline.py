@@ -51,7 +51,8 @@ def cache_key(paths: Sequence[str], spec: PreprocessingSpec) -> str:
 
 
 def _decode_into(out: np.ndarray, paths: Sequence[str], spec: PreprocessingSpec, workers: int,
-                 progress: Optional[Callable[[int], None]]) -> List[Optional[ImageError]]:
+                 progress: Optional[Callable[[int], None]], done_before: int = 0,
+                 total: Optional[int] = None) -> List[Optional[ImageError]]:
     def work(i):
         try:
             out[i] = load_image(paths[i], spec)
@@ -59,13 +60,63 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], spec: PreprocessingSpec,
         except ImageError as e:
             return e
 
+    total = total if total is not None else len(paths)
     errors: List[Optional[ImageError]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, err in enumerate(pool.map(work, range(len(paths)), chunksize=1)):
             errors.append(err)
-            if progress and (i % 64 == 0 or i == len(paths) - 1):
-                progress(i + 1)
+            done = done_before + i + 1
+            if progress and (done % 64 == 0 or done == total):
+                progress(done)
     return errors
+
+
+#: rows decoded per chunk when the pixels stream to the cache file (the chunk is the only copy in RAM)
+STREAM_CHUNK_BYTES = 32 * 1024 ** 2
+
+
+def _new_npy(path: Path, shape) -> int:
+    """Create `path` as a .npy file of uint8 `shape` (contents unset); return the data's byte offset."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape))
+    offset = mm.offset
+    del mm
+    return offset
+
+
+def _decode_to_file(tmp: Path, paths: Sequence[str], spec: PreprocessingSpec, workers: int,
+                    progress: Optional[Callable[[int], None]]) -> List[Optional[ImageError]]:
+    """Decode chunk by chunk and write each chunk with plain file writes: RAM holds one chunk, never the
+    whole data set (pages written through a memory map would stay resident in this process)."""
+    row = int(np.prod(spec.shape))
+    offset = _new_npy(tmp, (len(paths),) + spec.shape)
+    per_chunk = max(1, STREAM_CHUNK_BYTES // row)
+    buf = np.empty((min(per_chunk, len(paths)),) + spec.shape, dtype=np.uint8)
+    errors: List[Optional[ImageError]] = []
+    with open(tmp, "r+b") as f:
+        for start in range(0, len(paths), per_chunk):
+            chunk = paths[start:start + per_chunk]
+            errs = _decode_into(buf, chunk, spec, workers, progress, done_before=start, total=len(paths))
+            f.seek(offset + start * row)
+            f.write(memoryview(buf[:len(chunk)]).cast("B"))
+            errors += errs
+    return errors
+
+
+def _compact_file(src: Path, dest: Path, keep: np.ndarray, shape) -> None:
+    """Copy the kept rows of the .npy file `src` into a new .npy file `dest`, chunk by chunk."""
+    row = int(np.prod(shape))
+    src_mm = np.load(src, mmap_mode="r")
+    src_offset = src_mm.offset
+    del src_mm
+    dest_offset = _new_npy(dest, (int(keep.sum()),) + tuple(shape))
+    kept_rows = np.flatnonzero(keep)
+    per_chunk = max(1, STREAM_CHUNK_BYTES // row)
+    with open(src, "rb") as fin, open(dest, "r+b") as fout:
+        fout.seek(dest_offset)
+        for start in range(0, len(kept_rows), per_chunk):
+            for i in kept_rows[start:start + per_chunk]:
+                fin.seek(src_offset + int(i) * row)
+                fout.write(fin.read(row))
 
 
 def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
@@ -75,60 +126,112 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     """Decode every image once. Unusable images are dropped and returned in `problems`.
 
     With `cache_dir`, the pixels are kept in `<cache_dir>/<key>.npy` and reused by the next run with
-    the same files and spec; a dataset larger than `memory_budget` is streamed from that file."""
+    the same files and spec. A dataset that fits `memory_budget` is returned in RAM; a larger one is
+    decoded to that file chunk by chunk and returned as a read-only np.memmap of it, so neither
+    decoding nor training holds more than a chunk or a batch of it in this process's memory."""
     paths = list(paths)
     labels_arr = np.asarray(labels, dtype=np.int32)
     workers = workers or default_workers()
     nbytes = len(paths) * int(np.prod(spec.shape))
-    if cache_dir:
-        cache = Path(cache_dir)
-        key = cache_key(paths, spec)
-        data_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
-        if data_file.exists() and index_file.exists():
-            try:
-                index = json.loads(index_file.read_text())
-                pixels = np.load(data_file, mmap_mode="r")
-                keep = np.asarray(index["ok"], dtype=bool)
-                if pixels.shape[0] == int(keep.sum()):
-                    problems = [ImageError(p, r) for p, r in index["problems"]]
-                    if nbytes <= memory_budget:
-                        pixels = np.array(pixels)
-                    return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k],
-                                   problems, from_cache=True)
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cache entry is rebuilt below
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
-        full = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths),) + spec.shape)
-        errors = _decode_into(full, paths, spec, workers, progress)
-        keep = np.array([e is None for e in errors], dtype=bool)
-        if keep.all():
-            full.flush()
-            del full
-            os.replace(tmp, data_file)
-        else:
-            kept = np.lib.format.open_memmap(data_file.with_suffix(".tmp2.npy"), mode="w+", dtype=np.uint8,
-                                             shape=(int(keep.sum()),) + spec.shape)
-            kept[:] = full[keep]
-            kept.flush()
-            del kept, full
-            os.replace(data_file.with_suffix(".tmp2.npy"), data_file)
-            tmp.unlink(missing_ok=True)
-        problems = [e for e in errors if e is not None]
-        tmp_index = index_file.with_suffix(".json.tmp")
-        tmp_index.write_text(json.dumps({"ok": keep.tolist(), "spec": spec.to_dict(),
-                                         "problems": [[e.path, e.reason] for e in problems]}))
-        os.replace(tmp_index, index_file)
-        pixels = np.load(data_file, mmap_mode="r")
-        if nbytes <= memory_budget:
-            pixels = np.array(pixels)
-    else:
+    fits = nbytes <= memory_budget
+    if not cache_dir:
         full = np.empty((len(paths),) + spec.shape, dtype=np.uint8)
         errors = _decode_into(full, paths, spec, workers, progress)
         keep = np.array([e is None for e in errors], dtype=bool)
         pixels = full if keep.all() else full[keep]
         problems = [e for e in errors if e is not None]
+        return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems)
+
+    cache = Path(cache_dir)
+    key = cache_key(paths, spec)
+    data_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
+    if data_file.exists() and index_file.exists():
+        try:
+            index = json.loads(index_file.read_text())
+            keep = np.asarray(index["ok"], dtype=bool)
+            mapped = np.load(data_file, mmap_mode="r")
+            if len(keep) == len(paths) and mapped.shape == (int(keep.sum()),) + spec.shape:
+                problems = [ImageError(p, r) for p, r in index["problems"]]
+                # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
+                pixels = np.load(data_file) if fits else mapped
+                return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k],
+                               problems, from_cache=True)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt below
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
+    try:
+        if fits:
+            full = np.empty((len(paths),) + spec.shape, dtype=np.uint8)
+            errors = _decode_into(full, paths, spec, workers, progress)
+            keep = np.array([e is None for e in errors], dtype=bool)
+            pixels = full if keep.all() else full[keep]
+            with open(tmp, "wb") as f:
+                np.save(f, pixels)
+        else:
+            errors = _decode_to_file(tmp, paths, spec, workers, progress)
+            keep = np.array([e is None for e in errors], dtype=bool)
+            if not keep.all():
+                compact = tmp.with_name(tmp.name.replace(".tmp.npy", ".kept.tmp.npy"))
+                _compact_file(tmp, compact, keep, spec.shape)
+                os.replace(compact, tmp)
+            pixels = None
+        os.replace(tmp, data_file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    problems = [e for e in errors if e is not None]
+    tmp_index = index_file.with_name(f".{index_file.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp_index.write_text(json.dumps({"ok": keep.tolist(), "spec": spec.to_dict(),
+                                     "problems": [[e.path, e.reason] for e in problems]}))
+    os.replace(tmp_index, index_file)
+    if pixels is None:
+        pixels = np.load(data_file, mmap_mode="r")
     return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems)
+
+
+def _row_reader(pixels: np.memmap):
+    """fetch(indices) -> uint8 rows of a memory-mapped cache, read with plain file reads.
+
+    Reading through the map would leave every touched page resident in this process: after one epoch
+    the whole file would count as its memory. Plain reads go through the OS page cache instead, which
+    the OS can drop. Falls back to the map for a view that is not a contiguous block of the file."""
+    import mmap as mmap_module
+
+    shape = pixels.shape[1:]
+    row = int(np.prod(shape)) * pixels.itemsize
+    base = getattr(pixels, "_mmap", None)
+    path = getattr(pixels, "filename", None)
+    if base is None or path is None or not pixels.flags.c_contiguous or pixels.dtype != np.uint8:
+        def fetch_mapped(i):
+            order = np.argsort(i)
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            return np.asarray(pixels[i[order]])[inverse]
+        return fetch_mapped
+    # where this array starts in the file: the map starts at offset rounded down to the granularity
+    map_start = pixels.offset - pixels.offset % mmap_module.ALLOCATIONGRANULARITY
+    start = map_start + (pixels.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data)
+
+    def fetch(i):
+        i = np.asarray(i, dtype=np.int64)
+        order = np.argsort(i, kind="stable")
+        rows = i[order]
+        out = np.empty((len(i),) + shape, dtype=np.uint8)
+        flat = out.reshape(len(i), row)
+        with open(path, "rb", buffering=0) as f:
+            k = 0
+            while k < len(rows):  # one read per run of consecutive rows (the whole batch when unshuffled)
+                j = k + 1
+                while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                    j += 1
+                f.seek(start + int(rows[k]) * row)
+                data = f.read((j - k) * row)
+                flat[order[k:j]] = np.frombuffer(data, dtype=np.uint8).reshape(j - k, row)
+                k = j
+        return out
+
+    return fetch
 
 
 def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
@@ -147,11 +250,7 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     idx = idx.batch(batch_size)
     y_all = tf.constant(labels, dtype=tf.int32)
     if isinstance(pixels, np.memmap):
-        def fetch(i):
-            order = np.argsort(i)
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            return np.asarray(pixels[i[order]])[inverse]
+        fetch = _row_reader(pixels)
 
         def gather(i):
             x = tf.numpy_function(fetch, [i], tf.uint8)
