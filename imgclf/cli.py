@@ -238,7 +238,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
 # -------------------------------------------------------------------------------------------- evaluate
 @app.command()
 @handle_errors
-def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, latest, or a model path."),
+def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG, latest, or a model path."),
              data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
              out: Optional[Path] = typer.Option(None, help="Folder for the outputs (default: the model's "
                                                            "registry folder, evaluation/)."),
@@ -278,8 +278,9 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, latest, 
 @handle_errors
 def predict(images: List[str] = typer.Argument(..., help="Image files, folders (recursive), or - to read "
                                                          "paths from stdin."),
-            model: str = typer.Option("latest", "--model", "-m", help="NAME, NAME:VERSION, latest, or a path "
-                                                                      "(.keras folder or .onnx file)."),
+            model: str = typer.Option("latest", "--model", "-m", help="NAME, NAME:VERSION, NAME:TAG, latest, or "
+                                                                      "a path (a model folder, its model.keras, "
+                                                                      "or an exported .onnx file)."),
             top_k: int = typer.Option(3, help="How many (label, probability) pairs per image."),
             format: Optional[OutFormat] = typer.Option(None, "--format", help="table | json | jsonl | csv "
                                                                               "(default: table on a terminal, "
@@ -332,12 +333,13 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
 # ---------------------------------------------------------------------------------------------- export
 @app.command()
 @handle_errors
-def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, latest, or a model folder."),
+def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a model folder."),
            format: str = typer.Option("onnx", "--format", help="onnx (the only format for now)."),
            out: Optional[Path] = typer.Option(None, help="Also write the .onnx file here."),
            opset: int = typer.Option(17, help="ONNX opset."),
-           check: Optional[List[Path]] = typer.Option(None, help="Images for the Keras/ONNX parity check "
-                                                                 "(default: the model's own sample images)."),
+           check: Optional[List[Path]] = typer.Option(None, help="An image for the Keras/ONNX parity check "
+                                                                 "(repeat for more; default: the model's own "
+                                                                 "sample images)."),
            force: bool = typer.Option(False, "--force", help="Overwrite --out."),
            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras."""
@@ -388,7 +390,7 @@ def models_list(registry: Optional[Path] = RegistryOpt,
 
 @models_app.command("show")
 @handle_errors
-def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, latest, or a path."),
+def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a path."),
                 registry: Optional[Path] = RegistryOpt):
     """Print a model's metadata (JSON)."""
     from imgclf import registry as reg
@@ -419,7 +421,7 @@ def models_rm(model: str = typer.Argument(..., help="NAME:VERSION (or NAME for i
 @handle_errors
 def models_clean(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
                  registry: Optional[Path] = RegistryOpt):
-    """Delete unfinished runs whose process has ended (they can no longer be resumed)."""
+    """Delete interrupted runs (their process has ended); after this they can no longer be resumed."""
     from imgclf import registry as reg
 
     stale = [(run, info) for run, info, alive in reg.unfinished_runs(registry) if not alive]

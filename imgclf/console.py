@@ -70,27 +70,36 @@ class _EpochBar:
 
 
 def print_table(title: Optional[str], columns: Sequence[str], rows: List[Sequence], console: Console = None):
-    table = Table(title=title, show_lines=False)
+    console = console or out_console
+    if title:  # on its own line: a table title wraps to the table's width
+        console.print(title, style="bold", markup=False, soft_wrap=True)
+    table = Table(show_lines=False)
     rows = [[escape(str(v)) if v is not None else "" for v in r] for r in rows]
     for c in columns:
         table.add_column(str(c), overflow="fold")
     for r in rows:
-        table.add_row(*["" if v is None else str(v) for v in r])
-    (console or out_console).print(table)
+        table.add_row(*r)
+    console.print(table)
 
 
 def print_confusion(class_names: Sequence[str], matrix, console: Console = None):
-    table = Table(title="confusion matrix (rows: true, columns: predicted)")
+    console = console or out_console
+    console.print("confusion matrix (rows: true, columns: predicted)", style="bold")
+    # narrow terminal: number the columns (the row labels carry the numbers) rather than cut the names
+    numbered = sum(len(str(c)) + 3 for c in class_names) + max(len(str(c)) for c in class_names) + 8 > console.width
+    table = Table()
     table.add_column("true \\ pred", style="bold")
-    for c in class_names:
-        table.add_column(str(c), justify="right")
-    for name, row in zip(class_names, matrix):
+    for i, c in enumerate(class_names):
+        table.add_column(str(i) if numbered else str(c), justify="right")
+    for i, (name, row) in enumerate(zip(class_names, matrix)):
+        if numbered:
+            name = f"{i} {name}"
         cells = []
         for j, v in enumerate(row):
-            style = "green" if class_names[j] == name else ("red" if v else "dim")
+            style = "green" if j == i else ("red" if v else "dim")
             cells.append(f"[{style}]{v}[/{style}]")
-        table.add_row(str(name), *cells)
-    (console or out_console).print(table)
+        table.add_row(escape(str(name)), *cells)
+    console.print(table)
 
 
 def stdout_is_terminal() -> bool:

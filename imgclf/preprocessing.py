@@ -43,6 +43,7 @@ class PreprocessingSpec:
     input_range: Tuple[int, int] = (0, 255)  # the model takes raw pixels as float32 ...
     input_layout: str = "NHWC"             # ... in this layout; scaling happens inside the model
     color_order: str = field(default="RGB")
+    jpeg_draft: bool = True                # JPEGs over 2x the size are first shrunk by the decoder (1/2, 1/4, 1/8)
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -60,7 +61,8 @@ class PreprocessingSpec:
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]),
                    resize=d.get("resize", "bilinear"), background=tuple(d.get("background", BACKGROUND)),
                    input_range=tuple(d.get("input_range", (0, 255))),
-                   input_layout=d.get("input_layout", "NHWC"), color_order=d.get("color_order", "RGB"))
+                   input_layout=d.get("input_layout", "NHWC"), color_order=d.get("color_order", "RGB"),
+                   jpeg_draft=bool(d.get("jpeg_draft", True)))
 
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
@@ -134,7 +136,7 @@ def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
             height, width = spec.image_size
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
-            if im.format == "JPEG":
+            if spec.jpeg_draft and im.format == "JPEG":
                 # Let the JPEG decoder scale down by 2/4/8 when the image is much larger than the target.
                 im.draft("L" if spec.channels == 1 else "RGB", (width * 2, height * 2))
             im.load()
@@ -147,9 +149,8 @@ def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         reason = str(e) or type(e).__name__
-        if "truncated" in reason:
-            reason = f"truncated or corrupt ({reason})"
-        raise ImageError(os.fspath(path), f"cannot decode ({reason})") from None
+        prefix = "truncated or corrupt" if "truncated" in reason else "cannot decode"
+        raise ImageError(os.fspath(path), f"{prefix}: {reason}") from None
     except MemoryError:
         raise ImageError(os.fspath(path), "out of memory while decoding") from None
     if arr.ndim == 2:
@@ -176,5 +177,7 @@ def load_full(path, channels: int) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             arr = np.asarray(_to_mode(im, channels), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise ImageError(os.fspath(path), f"cannot decode ({e or type(e).__name__})") from None
+        reason = str(e) or type(e).__name__
+        prefix = "truncated or corrupt" if "truncated" in reason else "cannot decode"
+        raise ImageError(os.fspath(path), f"{prefix}: {reason}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr

@@ -3,6 +3,8 @@
     ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, [model.onnx], [evaluation/]
     ROOT/NAME/tags.json  {"alias": VERSION}
     ROOT/.staging/RUN/   a training run in progress (checkpoints; resumable); never listed as a model
+    ROOT/NAME/.last_version  the last number handed out: numbers are never reused
+    ROOT/.cache/         decoded pixels of datasets (see data/pipeline.py); safe to delete
     ROOT/.lock           a file lock: version numbers are handed out under it
 
 A version appears only by an atomic rename of a complete staging folder, so a killed or failed run
@@ -150,12 +152,20 @@ def commit(root: Path, staging: Path, name: str, metadata: dict) -> Tuple[int, P
     with Lock(root):
         existing = [int(p.name) for p in (root / name).iterdir() if p.name.isdigit()] \
             if (root / name).is_dir() else []
-        version = max(existing, default=0) + 1
+        # never reuse a number, even after `models rm` of the newest version: a tag or a note that says
+        # NAME:3 must not silently point at another model later
+        counter = root / name / ".last_version"
+        try:
+            last = int(counter.read_text().strip())
+        except (OSError, ValueError):
+            last = 0
+        version = max(max(existing, default=0), last) + 1
         metadata = dict(metadata, name=name, version=version)
         write_json_atomic(staging / METADATA, metadata)
         (root / name).mkdir(parents=True, exist_ok=True)
         final = root / name / str(version)
         os.rename(staging, final)
+        counter.write_text(str(version))
     return version, final
 
 
@@ -270,6 +280,16 @@ def remove(registry, ref: str) -> Path:
     if root not in target.parents or target.parent.parent != root:
         raise UsageError(f"{ref}: {target} is outside the registry {root}; not removed")
     with Lock(root):
+        name, version = model.metadata.get("name"), int(model.metadata.get("version", -1))
+        counter = root / name / ".last_version"
+        try:
+            last = int(counter.read_text().strip())
+        except (OSError, ValueError):
+            last = 0
+        counter.write_text(str(max(last, version)))
+        tags = _tags(root, name)
+        if any(int(v) == version for v in tags.values()):
+            write_json_atomic(root / name / "tags.json", {k: v for k, v in tags.items() if int(v) != version})
         trash = root / STAGING / f".rm-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(target, trash)  # atomic: gone from listings at once

@@ -283,7 +283,9 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
     history = _history_rows(history_path)
     if history:
         last = history[-1]
-        metrics["train_loss"], metrics["train_accuracy"] = float(last["loss"]), float(last["accuracy"])
+        # as logged during the last epoch (dropout on); val/test below are the restored best weights
+        metrics["last_epoch_train_loss"] = float(last["loss"])
+        metrics["last_epoch_train_accuracy"] = float(last["accuracy"])
     metrics["epochs_run"] = len(history)
     for split_name, d in (("val", va), ("test", te)):
         if d is not None and len(d.labels):
@@ -304,7 +306,7 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
         "channels": spec.channels,
         "config": cfg.to_dict(),
         "seed": cfg.seed,
-        "class_weight": weights,
+        "class_weight": {splits.class_names[i]: w for i, w in weights.items()} if weights else None,
         "dataset": {
             "source": os.path.abspath(data),
             "fingerprint": _fingerprint(tr.paths + (va.paths if va else []) + (te.paths if te else [])),
@@ -314,7 +316,7 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
         },
         "metrics": metrics,
         "sample_paths": [os.path.abspath(sample_source.paths[i]) for i in sorted(picks)],
-        "versions": library_versions(),
+        "library_versions": library_versions(),
     }
     for leftover in list(staging.glob("backup-*")) + list(staging.glob("after-*.weights.h5")) + [staging / "run.json"]:
         if leftover.is_dir():

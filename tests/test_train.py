@@ -10,7 +10,7 @@ import pytest
 from conftest import cli, error_line, make_tree
 
 REQUIRED_METADATA = {"name", "version", "created", "arch", "class_names", "preprocessing", "image_size",
-                     "channels", "config", "seed", "dataset", "metrics", "versions"}
+                     "channels", "config", "seed", "dataset", "metrics", "library_versions"}
 
 
 def history(path: Path):
@@ -42,7 +42,7 @@ def test_train_plain_tree_makes_a_complete_version(tmp_path, gray_data, arch):
     assert meta["config"]["seed"] == 7 and meta["seed"] == 7 and meta["config"]["epochs"] == 2
     assert meta["config"]["arch"] == arch
     assert meta["metrics"]["epochs_run"] == 2 and 0 <= meta["metrics"]["val_accuracy"] <= 1
-    assert "keras" in meta["versions"] and "python" in meta["versions"]
+    assert "keras" in meta["library_versions"] and "python" in meta["library_versions"]
     ds = meta["dataset"]
     assert ds["val_held_out"] is True and ds["skipped"] == 0
     assert ds["train"]["images"] + ds["val"]["images"] == 20

@@ -139,7 +139,7 @@ def test_online_augmentation_never_touches_val_or_the_saved_model(tmp_path, colo
     assert r.exit_code == 0, r.output
     meta = json.loads((reg / "aug" / "1" / "metadata.json").read_text())
     assert meta["config"]["augment_policy"] == "heavy" and meta["config"]["augment"]["rotate"] == 30.0
-    assert meta["class_weight"] == {"0": 1.0, "1": 1.0}
+    assert meta["class_weight"] == {"green": 1.0, "red": 1.0}
     import keras
     model = keras.models.load_model(reg / "aug" / "1" / "model.keras", safe_mode=True, compile=False)
     assert not any(l.name.startswith("random") or l.name == "augmentation" for l in model.layers)

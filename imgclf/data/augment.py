@@ -53,6 +53,7 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
     `per_image` N: N new images per original. `target_per_class` N: top each class up to N images.
     Originals are copied (or linked) too, so DEST is a complete training set."""
     from imgclf.data.scan import find_split_dirs, require_trainable, scan
+    from imgclf.data.split import place_file
     from imgclf.preprocessing import is_grayscale_mode, load_full
 
     src, dest = Path(src), Path(dest)
@@ -71,8 +72,9 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
     tree = splits["train"] if splits else src
     if dest.exists() and any(dest.iterdir()) and not force:
         raise DataError(f"{dest}: folder is not empty (use --force to write into it)")
-    ds = scan(tree)
+    ds = scan(tree, deep=True)
     require_trainable(ds)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     aug = build_augmenter(cfg, seed)
     rng = np.random.default_rng(seed)
 
@@ -95,19 +97,14 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
 
     out_root = dest / "train" if splits else dest
     written, originals, failed = 0, 0, []
+    written_per_class: Dict[int, int] = {}
     for s in ds.samples:
         cls = ds.class_names[s.label]
         rel = Path(os.path.relpath(s.path, tree / cls))
         target = out_root / cls / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() or target.is_symlink():
             target.unlink()
-        if mode == "copy":
-            shutil.copy2(s.path, target)
-        elif mode == "symlink":
-            os.symlink(os.path.abspath(s.path), target)
-        else:
-            os.link(os.path.realpath(s.path), target)
+        place_file(s.path, target, mode)
         originals += 1
     if splits:  # val/ and test/ are copied untouched: never augmented
         for name in ("val", "test"):
@@ -137,8 +134,9 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
             target = target.with_suffix(".png")
             img.save(target)
         written += 1
+        written_per_class[s.label] = written_per_class.get(s.label, 0) + 1
         if progress:
             progress(n + 1, len(plan))
     return {"dest": str(dest), "originals": originals, "augmented": written,
             "problems": [(p.path, p.reason) for p in ds.problems] + [(e.path, e.reason) for e in failed],
-            "per_class": {ds.class_names[l]: len(v) for l, v in by_class.items()}}
+            "per_class": {ds.class_names[l]: len(v) + written_per_class.get(l, 0) for l, v in by_class.items()}}

@@ -62,7 +62,8 @@ def assign(ds: Dataset, val: float, test: float, seed: int) -> Dict[str, str]:
     return out
 
 
-def _place(src: str, dst: Path, mode: str) -> None:
+def place_file(src: str, dst: Path, mode: str) -> None:
+    """Copy, symlink or hardlink `src` to `dst` (parents created)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if mode == "copy":
         shutil.copy2(src, dst)
@@ -94,7 +95,7 @@ def split_dataset(src, dest, val: float = 0.1, test: float = 0.1, seed: int = 42
     if dest.exists() and any(dest.iterdir()) and not force:
         raise DataError(f"{dest}: folder is not empty (use --force to replace its train/, val/, test/)")
 
-    ds = scan(src)
+    ds = scan(src, deep=True)  # a truncated file is not a usable image: it goes to no split
     require_trainable(ds)
     where = assign(ds, val, test, seed)
 
@@ -108,7 +109,7 @@ def split_dataset(src, dest, val: float = 0.1, test: float = 0.1, seed: int = 42
             cls = ds.class_names[s.label]
             rel = Path(os.path.relpath(s.path, src / cls))
             target = Path(split) / cls / rel
-            _place(s.path, staging / target, mode)
+            place_file(s.path, staging / target, mode)
             counts[split][cls] += 1
             rows.append({"source": os.path.relpath(s.path, src), "split": split, "class": cls,
                          "dest": target.as_posix()})

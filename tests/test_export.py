@@ -1,0 +1,96 @@
+"""`imgclf export`: an ONNX file that carries its class names and preprocessing, and agrees with Keras."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import COLOURS, child_env, cli, error_line, noisy
+
+# What a user with only the .onnx file, onnxruntime and Pillow does (no imgclf, no TensorFlow).
+STANDALONE = r"""
+import json, sys
+import numpy as np, onnxruntime as ort
+from PIL import Image
+onnx_path, image_path = sys.argv[1:3]
+sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+meta = sess.get_modelmeta().custom_metadata_map
+names, pre = json.loads(meta["class_names"]), json.loads(meta["preprocessing"])
+h, w = pre["image_size"]
+img = Image.open(image_path).convert("L" if pre["channels"] == 1 else "RGB").resize((w, h), Image.BILINEAR)
+x = np.asarray(img, dtype=np.float32).reshape(1, h, w, pre["channels"])
+p = sess.run(None, {sess.get_inputs()[0].name: x})[0][0]
+print(json.dumps({"label": names[int(p.argmax())], "probs": p.tolist(),
+                  "imported": sorted(m for m in ("tensorflow", "keras", "imgclf") if m in sys.modules)}))
+"""
+
+
+def test_export_writes_onnx_with_metadata(exported):
+    import onnx
+
+    path = exported.path / "model.onnx"
+    assert path.is_file()
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == ["blue", "green", "red"]
+    pre = json.loads(props["preprocessing"])
+    assert pre["image_size"] == [16, 16] and pre["channels"] == 3 and pre["input_range"] == [0, 255]
+    assert json.loads(props["imgclf"])["class_names"] == ["blue", "green", "red"]
+    (inp,) = model.graph.input
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims[1:] == [16, 16, 3]                                   # NHWC raw pixels, as the spec says
+    meta = exported.metadata
+    assert meta["onnx"]["top1_agreement"] == 1.0 and meta["onnx"]["max_abs_diff"] <= 1e-4
+    listing = json.loads(cli("models", "list", "--registry", exported.registry, "--format", "json").stdout)
+    assert listing["models"][0]["onnx"] is True
+
+
+@pytest.mark.parametrize("colour", ["red", "green", "blue"])
+def test_onnxruntime_alone_matches_keras(exported, tmp_path, colour):
+    import keras
+
+    from imgclf.preprocessing import PreprocessingSpec, load_image
+
+    image = tmp_path / f"{colour}.png"
+    noisy("RGB", (30, 22), COLOURS[colour], np.random.default_rng(5)).save(image)
+    proc = subprocess.run([sys.executable, "-c", STANDALONE, str(exported.path / "model.onnx"), str(image)],
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    alone = json.loads(proc.stdout)
+    assert alone["imported"] == []
+    assert alone["label"] == colour
+
+    meta = exported.metadata
+    model = keras.models.load_model(exported.path / "model.keras", safe_mode=True, compile=False)
+    x = load_image(image, PreprocessingSpec.from_dict(meta["preprocessing"]))[None].astype(np.float32)
+    keras_p = np.asarray(model(x, training=False))[0]
+    assert meta["class_names"][int(keras_p.argmax())] == colour
+    np.testing.assert_allclose(alone["probs"], keras_p, atol=1e-4)
+
+
+def test_export_out_file_refuses_to_overwrite_without_force(exported, tmp_path):
+    out = tmp_path / "copy.onnx"
+    r = cli("export", "colours", "--registry", exported.registry, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(out)
+    assert out.read_bytes() == (exported.path / "model.onnx").read_bytes()   # the same file as the registry's
+    out.write_bytes(b"user's file")
+    line = error_line(cli("export", "colours", "--registry", exported.registry, "--out", out))
+    assert str(out) in line and "--force" in line
+    assert out.read_bytes() == b"user's file"
+    r = cli("export", "colours", "--registry", exported.registry, "--out", out, "--force")
+    assert r.exit_code == 0, r.output
+    import onnx
+    assert {p.key for p in onnx.load(str(out)).metadata_props} >= {"class_names", "preprocessing"}
+
+
+@pytest.mark.parametrize("args, word", [
+    (["nope"], "unknown model"),
+    (["colours", "--format", "tflite"], "--format"),
+    (["colours", "--opset", "3"], "--opset"),
+])
+def test_export_errors(exported, args, word):
+    assert word in error_line(cli("export", *args, "--registry", exported.registry))
