@@ -298,7 +298,7 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
     picks = rng.choice(len(sample_source.paths), size=min(N_SAMPLE_PATHS, len(sample_source.paths)), replace=False)
     metadata = {
         "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),  # orders `latest`
         "arch": cfg.arch,
         "class_names": splits.class_names,
         "preprocessing": spec.to_dict(),

@@ -100,6 +100,31 @@ def test_staging_debris_is_not_a_model_and_list_warns(registry_copy):
     assert_every_listed_version_is_complete(registry_copy)
 
 
+def test_models_clean_removes_only_runs_whose_process_is_gone(registry_copy):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    staging = registry_copy / ".staging"
+    runs = {"dead-run": dead.pid, "live-run": os.getpid(), "no-run-json": None}
+    for run, pid in runs.items():
+        (staging / run).mkdir(parents=True)
+        (staging / run / "history.csv").write_text("epoch\n1\n")
+        if pid is not None:
+            (staging / run / "run.json").write_text(json.dumps({"pid": pid, "epochs_done": 1}))
+    entries = listing(registry_copy)["unfinished"]
+    assert any("live-run" in e and "in progress" in e for e in entries), entries
+    assert any("dead-run" in e and "interrupted" in e for e in entries), entries
+
+    line = error_line(cli("models", "clean", "--registry", registry_copy, input=""))
+    assert "--yes" in line
+    assert {p.name for p in staging.iterdir()} == set(runs)            # nothing deleted without --yes
+
+    r = cli("models", "clean", "--yes", "--registry", registry_copy)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in staging.iterdir()} == {"live-run"}          # a run in progress is left alone
+    assert [(m["name"], m["version"]) for m in listing(registry_copy)["models"]] == [("colours", 1)]
+    assert_every_listed_version_is_complete(registry_copy)
+
+
 def test_resume_of_an_unknown_run_is_a_clear_error(registry_copy):
     (registry_copy / ".staging" / "real-run").mkdir(parents=True)
     (registry_copy / ".staging" / "real-run" / "run.json").write_text("{}")

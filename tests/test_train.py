@@ -120,4 +120,4 @@ def test_train_errors_are_one_line_without_traceback(tmp_path, case, args, words
         assert str(data) in line
     # nothing half-made was left behind as a model
     listing = cli("models", "list", "--registry", registry, "--format", "json")
-    assert json.loads(listing.stdout)["models"] == []
+    assert json.loads(listing.stdout)["models"] == [] and json.loads(listing.stdout)["unfinished"] == []
