@@ -5,7 +5,7 @@ from the memory-mapped on-disk cache) vs the same run with everything in memory.
     python bench/train_memory.py [--quick] [--per-class N] [--size S] [--arch A]
 
 The data set: Fashion-MNIST training images resized to SxS (default 96) colour JPEGs, N per class
-(default 600: 6,000 images, 158 MiB of decoded pixels at 96x96x3). Each run is `imgclf train DATA
+(default 1200: 12,000 images, 316 MiB of decoded pixels at 96x96x3). Each run is `imgclf train DATA
 --epochs 1 --image-size S --channels 3 --arch A` in a new process. The default arch is mlp: the input
 pipeline's memory does not depend on the model, and mlp keeps a run short on 2 cores (use --arch cnn
 for the default model):
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--source", default=C.DEFAULT_SOURCE)
     ap.add_argument("--workdir", default=C.DEFAULT_WORKDIR)
     args = ap.parse_args()
-    per_class = args.per_class or (200 if args.quick else 600)
+    per_class = args.per_class or (200 if args.quick else 1200)
     work = Path(args.workdir)
     data = C.make_dataset_folder(args.source, "train", work / "data" / f"fmnist-jpeg-{args.size}-rgb-{per_class}pc",
                                  per_class, fmt="jpeg", size=args.size, rgb=True)

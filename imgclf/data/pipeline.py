@@ -1,8 +1,9 @@
 """Pixels for training and evaluation: decode each image once, cache it, feed tf.data.
 
-decode (parallel, via preprocessing.load_image) -> uint8 array (in memory, or a memory-mapped file in a
-cache folder keyed by the files' path/size/mtime and the preprocessing spec) -> tf.data: shuffled
-indices -> gather a batch -> float32 -> (train only) augmentation -> prefetch.
+decode (parallel threads, via preprocessing.load_image) -> uint8 array (in memory, or a memory-mapped
+file in a cache folder keyed by the files' path/size/mtime and the preprocessing spec) -> tf.data:
+shuffled indices -> gather a batch from the array where it lies -> float32 -> (train only)
+augmentation -> prefetch.
 TensorFlow is imported inside the functions that need it.
 """
 from __future__ import annotations
@@ -239,7 +240,10 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     """A tf.data pipeline of (float32 NHWC raw pixels, int32 labels) batches.
 
     Shuffling works on indices, so every epoch draws a new order (never `shuffle().cache()`, which
-    freezes epoch 1's order), and a memory-mapped cache is read one batch at a time."""
+    freezes epoch 1's order). Each batch is gathered from `pixels` where they are, in RAM or in the
+    memory-mapped cache (read one batch at a time): the pixels are never copied into TensorFlow.
+    A tf.constant of them would be: it held one extra copy for the whole run and two while it was
+    made (bench/train_memory.py), and large constants also slow down the first epoch."""
     import tensorflow as tf
 
     n = len(labels)
@@ -251,19 +255,17 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     y_all = tf.constant(labels, dtype=tf.int32)
     if isinstance(pixels, np.memmap):
         fetch = _row_reader(pixels)
-
-        def gather(i):
-            x = tf.numpy_function(fetch, [i], tf.uint8)
-            x.set_shape((None,) + shape)
-            return x, tf.gather(y_all, i)
     else:
-        x_all = tf.constant(pixels)
+        def fetch(i):
+            return np.take(pixels, i, axis=0)
+    pixel_dtype = tf.as_dtype(pixels.dtype)
 
-        def gather(i):
-            return tf.gather(x_all, i), tf.gather(y_all, i)
+    def gather(i):
+        x = tf.numpy_function(fetch, [i], pixel_dtype, stateful=False)
+        x.set_shape((None,) + shape)
+        return tf.cast(x, tf.float32), tf.gather(y_all, i)
 
     ds = idx.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         # sequential on purpose: the random layers draw from one seeded generator, in batch order
         ds = ds.map(lambda x, y: (augment(x, training=True), y))
