@@ -34,9 +34,18 @@ def child_env(**extra) -> Dict[str, str]:
     return env
 
 
+def imgclf_location() -> str:
+    """Where `import imgclf` resolves for this process and its children (PYTHONPATH first, then the
+    installed or editable package): record it, so a figure is never credited to the wrong copy."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("imgclf")
+    return str(Path(spec.origin).parent) if spec and spec.origin else "?"
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "imgclf": imgclf_location()}
 
 
 def source_split(source: str, split: str) -> Path:

@@ -13,8 +13,9 @@ with the warm cache, then again) and the medians over rounds are compared, in wa
 seconds (user+sys of the child, all threads: the steadier figure on a shared machine).
 
 Figures: steady epoch time (the mean of epochs 2..E; target: imgclf within 10% of the limit), first-epoch
-cost (decode + cache fill + epoch 1 vs the limit's load + epoch 1; target within 2x) and the same with a
-warm on-disk cache. Prints human lines, then one JSON line.
+cost (scan + decode + cache fill + epoch 1 vs the limit's load + epoch 1; target within 2x), the same
+with a warm on-disk cache, and the input pipeline alone (one pass over make_dataset's batches with no
+model: the most it could add to an epoch). Prints human lines, then one JSON line.
 """
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def _child(args) -> None:
         out["images"] = int(len(decoded.labels))
         train_ds = make_dataset(decoded.pixels, decoded.labels, args.batch_size, shuffle=True, seed=0)
         model.fit(train_ds, epochs=args.epochs, verbose=0, callbacks=[Timer()])
+        # the input pipeline alone: one more pass over the same dataset, no model
+        pipe = _Clock()
+        for _ in train_ds:
+            pass
+        out["pipeline_only_wall"], out["pipeline_only_cpu"] = pipe.lap()
     out["epochs"] = epochs
     out["total_wall"], out["total_cpu"] = clock.lap()
     print(json.dumps(out))
@@ -187,6 +193,9 @@ def main() -> None:
             [C.ratio(first(c, key), first(l, key)) for c, l in zip(runs["cold"], runs["limit"])])
         ratios[f"first_epoch_warm_{key}"] = C.median(
             [C.ratio(first(w, key), first(l, key)) for w, l in zip(runs["warm"], runs["limit"])])
+    for key in ("wall", "cpu"):
+        fig[f"pipeline_only_epoch_{key}"] = C.median([r[f"pipeline_only_{key}"] for r in runs["cold"] + runs["warm"]
+                                                      if f"pipeline_only_{key}" in r])
     ips = {name: n / fig[f"{name}_steady_epoch_wall"] for name in runs}
     targets = {"steady_epoch_within_10pct": ratios["steady_epoch_wall"] <= 1.10,
                "first_epoch_within_2x": ratios["first_epoch_cold_wall"] <= 2.0}
@@ -204,6 +213,9 @@ def main() -> None:
         f"{'met' if targets['first_epoch_within_2x'] else 'MISSED'})",
         f"  warm cache     imgclf {fig['warm_first_epoch_wall']:.2f}s (cache read {fig['decode_warm_wall']:.2f}s)"
         f"   ratio {ratios['first_epoch_warm_wall']:.3f} wall, {ratios['first_epoch_warm_cpu']:.3f} cpu",
+        f"  input pipeline alone (one pass over make_dataset's batches, no model): "
+        f"{fig['pipeline_only_epoch_wall']:.2f}s, {fig['pipeline_only_epoch_cpu']:.2f} cpu-s = "
+        f"{100 * fig['pipeline_only_epoch_cpu'] / fig['cold_steady_epoch_cpu']:.1f}% of an epoch's CPU",
     ]
     C.emit("train_pipeline", lines, {
         "images": n, "format": args.format, "shape": [size, size, channels], "epochs": epochs, "rounds": rounds,

@@ -234,8 +234,11 @@ def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter
     history_path = staging / registry.HISTORY
     if not resume and history_path.exists():
         history_path.unlink()
-    phases = [("head" if arch.pretrained else "train", cfg.epochs, cfg.lr)]
-    if arch.pretrained and cfg.fine_tune_epochs > 0:
+    from_scratch = not arch.pretrained or cfg.weights == "none"
+    phases = [("train" if from_scratch else "head", cfg.epochs, cfg.lr)]
+    if from_scratch and cfg.fine_tune_epochs > 0:
+        reporter.warn("--fine-tune-epochs ignored: with random weights the whole network trains from the start")
+    if not from_scratch and cfg.fine_tune_epochs > 0:
         phases.append(("fine-tune", cfg.fine_tune_epochs, cfg.lr / 10))
 
     try:

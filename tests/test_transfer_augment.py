@@ -33,7 +33,10 @@ def test_each_mobilenet_builds_and_trains_with_random_weights(tmp_path, colour_s
     assert meta["arch"] == arch and meta["image_size"] == [96, 96] and meta["channels"] == 3
     assert meta["config"]["weights"] == "none"
     rows = list(csv.DictReader(open(reg / "m" / "1" / "history.csv")))
-    assert [r_["phase"] for r_ in rows] == ["head"]
+    assert [r_["phase"] for r_ in rows] == ["train"]  # random init: the whole network trains at once
+    import keras
+    model = keras.models.load_model(reg / "m" / "1" / "model.keras", safe_mode=True, compile=False)
+    assert model.get_layer("backbone").trainable
 
 
 def test_mobilenet_default_size_is_224_and_other_sizes_are_refused(tmp_path, colour_split):

@@ -79,14 +79,18 @@ def build_transfer(family: str, input_shape, num_classes, cfg):
     alpha = getattr(cfg, "alpha", 1.0)
     backbone = _make_backbone(family, input_shape, alpha, weights)
     backbone.name = BACKBONE_NAME
-    backbone.trainable = False
+    # Pretrained: freeze the backbone and keep its BatchNorm in inference mode (phase 1 trains the head).
+    # Random init: there is nothing to protect, so the whole network trains, BatchNorm included
+    # (a frozen random backbone gives chance-level features: 10% on 10 classes in bench/transfer.py).
+    pretrained = weights not in (None, "none")
+    backbone.trainable = not pretrained
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if input_shape[-1] == 1:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(x)
-    x = backbone(x, training=False)
+    x = backbone(x, training=False) if pretrained else backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.2, name="head_drop")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)

@@ -241,9 +241,9 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
 
     Shuffling works on indices, so every epoch draws a new order (never `shuffle().cache()`, which
     freezes epoch 1's order). Each batch is gathered from `pixels` where they are, in RAM or in the
-    memory-mapped cache (read one batch at a time): the pixels are never copied into TensorFlow.
-    A tf.constant of them would be: it held one extra copy for the whole run and two while it was
-    made (bench/train_memory.py), and large constants also slow down the first epoch."""
+    memory-mapped cache (read one batch at a time): the pixels are never copied into TensorFlow. A
+    tf.constant of them held one extra copy for the whole run and a second one while it was made
+    (bench/train_memory.py); gathering a batch in NumPy costs about as much as tf.gather did."""
     import tensorflow as tf
 
     n = len(labels)
