@@ -52,15 +52,19 @@ def test_la_alpha_is_composited_in_grayscale(tmp_path):
     assert out.shape == (4, 4, 1) and (out == 255).all()
 
 
-def test_exif_orientation_is_applied(tmp_path):
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp", "tiff"])
+def test_exif_orientation_is_applied(tmp_path, ext):
     # stored 40 wide x 20 high: left half black, right half white. Orientation 6 = display rotated 90
     # degrees clockwise: 20 wide x 40 high, the black half on top.
     arr = np.zeros((20, 40, 3), np.uint8)
     arr[:, 20:] = 255
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=95)
-    out = load_image(tmp_path / "rot.jpg", spec(40, 20)).astype(int)
+    if ext == "tiff":  # TIFF keeps the orientation among its own tags, not in an EXIF block
+        Image.fromarray(arr).save(tmp_path / "rot.tiff", tiffinfo={0x0112: 6})
+    else:
+        Image.fromarray(arr).save(tmp_path / f"rot.{ext}", exif=exif, quality=95)
+    out = load_image(tmp_path / f"rot.{ext}", spec(40, 20)).astype(int)
     assert out.shape == (40, 20, 3)
     assert out[:15].mean() < 30 and out[25:].mean() > 225        # top black, bottom white
     assert abs(out[:, :8].mean() - out[:, 12:].mean()) < 30       # no left/right split any more

@@ -1,7 +1,7 @@
 """Pixels for training and evaluation: decode each image once, cache it, feed tf.data.
 
 decode (parallel threads, via preprocessing.load_image) -> uint8 array (in memory, or a memory-mapped
-file in a cache folder keyed by the files' path/size/mtime and the preprocessing spec) -> tf.data:
+file in a cache folder keyed by the files' content and the preprocessing spec) -> tf.data:
 shuffled indices -> gather a batch from the array where it lies -> float32 -> (train only)
 augmentation -> prefetch.
 TensorFlow is imported inside the functions that need it.
@@ -39,15 +39,25 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def cache_key(paths: Sequence[str], spec: PreprocessingSpec) -> str:
+def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[int] = None) -> str:
+    """The pixel cache's key: the preprocessing spec and the CONTENT of every file, in order.
+
+    Editing, replacing or re-exporting an image changes the key even when its size and mtime do not; a
+    `touch`, a copy or a moved data folder does not. Hashing reads each file once (blake2b, parallel
+    threads): for small images a fraction of decoding them (bench/train_pipeline.py, warm cache)."""
+    from imgclf.data.scan import file_digest
+
+    def digest(p):
+        try:
+            return file_digest(p)
+        except OSError as e:
+            return f"unreadable:{e.errno}"
+
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\0missing\n".encode())
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for d in pool.map(digest, paths, chunksize=64):
+            h.update(d.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -144,7 +154,7 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
         return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems)
 
     cache = Path(cache_dir)
-    key = cache_key(paths, spec)
+    key = cache_key(paths, spec, workers)
     data_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
     if data_file.exists() and index_file.exists():
         try:
@@ -152,12 +162,13 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
             keep = np.asarray(index["ok"], dtype=bool)
             mapped = np.load(data_file, mmap_mode="r")
             if len(keep) == len(paths) and mapped.shape == (int(keep.sum()),) + spec.shape:
-                problems = [ImageError(p, r) for p, r in index["problems"]]
+                # problems by position: the same content may sit under other paths now
+                problems = [ImageError(paths[i], r) for i, r in index["problems"]]
                 # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
                 pixels = np.load(data_file) if fits else mapped
                 return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k],
                                problems, from_cache=True)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass  # a damaged cache entry is rebuilt below
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
@@ -184,7 +195,7 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     problems = [e for e in errors if e is not None]
     tmp_index = index_file.with_name(f".{index_file.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_index.write_text(json.dumps({"ok": keep.tolist(), "spec": spec.to_dict(),
-                                     "problems": [[e.path, e.reason] for e in problems]}))
+                                     "problems": [[i, e.reason] for i, e in enumerate(errors) if e is not None]}))
     os.replace(tmp_index, index_file)
     if pixels is None:
         pixels = np.load(data_file, mmap_mode="r")

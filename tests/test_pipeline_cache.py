@@ -1,0 +1,93 @@
+"""The pixel cache (data/pipeline.decode): keyed by file content and preprocessing spec, in RAM or streamed."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from imgclf.data.pipeline import decode
+from imgclf.preprocessing import PreprocessingSpec
+
+
+def _spec(size=8):
+    return PreprocessingSpec(image_size=(size, size), channels=1)
+
+
+def _tree(root, n=6, ext="png"):
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = root / f"img{i}.{ext}"
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    paths.insert(2, str(root / "broken.png"))
+    return paths
+
+
+def test_second_decode_comes_from_the_cache_with_the_same_pixels(tmp_path):
+    paths = _tree(tmp_path / "data")
+    labels = list(range(len(paths)))
+    first = decode(paths, labels, _spec(), cache_dir=tmp_path / "cache")
+    second = decode(paths, labels, _spec(), cache_dir=tmp_path / "cache")
+    assert not first.from_cache and second.from_cache
+    assert np.array_equal(first.pixels, second.pixels) and first.paths == second.paths
+    assert list(second.labels) == [0, 1, 3, 4, 5, 6]                      # the broken file (label 2) dropped
+    assert [(e.path, e.reason) for e in second.problems] == [(e.path, e.reason) for e in first.problems]
+    assert second.problems[0].path.endswith("broken.png")
+
+
+def test_edited_content_invalidates_the_cache_even_with_the_same_size_and_mtime(tmp_path):
+    paths = _tree(tmp_path / "data", ext="bmp")  # uncompressed: an edit keeps the file size
+    decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
+    target = paths[0]
+    st = os.stat(target)
+    before = open(target, "rb").read()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(target)   # white instead of black
+    after = open(target, "rb").read()
+    assert len(after) == len(before) and after != before
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))         # same size, same mtime, other pixels
+    again = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
+    assert not again.from_cache
+    assert again.pixels[0].min() == 255
+
+
+def test_touch_or_a_copied_folder_reuses_the_cache_and_reports_current_paths(tmp_path):
+    paths = _tree(tmp_path / "data")
+    decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
+    os.utime(paths[0])                                             # new mtime, same content
+    assert decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache").from_cache
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    moved = [p.replace(str(tmp_path / "data"), str(tmp_path / "moved")) for p in paths]
+    res = decode(moved, [0] * len(moved), _spec(), cache_dir=tmp_path / "cache")
+    assert res.from_cache
+    assert res.paths == [p for p in moved if not p.endswith("broken.png")]
+    assert res.problems[0].path == str(tmp_path / "moved" / "broken.png")
+
+
+def test_another_spec_decodes_again(tmp_path):
+    paths = _tree(tmp_path / "data")
+    decode(paths, [0] * len(paths), _spec(8), cache_dir=tmp_path / "cache")
+    other = decode(paths, [0] * len(paths), _spec(4), cache_dir=tmp_path / "cache")
+    assert not other.from_cache and other.pixels.shape == (6, 4, 4, 1)
+
+
+def test_over_budget_streams_from_a_memory_mapped_file_with_the_same_pixels(tmp_path):
+    paths = _tree(tmp_path / "data")
+    in_ram = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "c1")
+    streamed = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "c2", memory_budget=64)
+    again = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "c2", memory_budget=64)
+    assert isinstance(streamed.pixels, np.memmap) and isinstance(again.pixels, np.memmap) and again.from_cache
+    assert np.array_equal(np.asarray(streamed.pixels), in_ram.pixels)
+    assert np.array_equal(np.asarray(again.pixels), in_ram.pixels)
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    paths = _tree(tmp_path / "data")
+    first = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
+    for f in (tmp_path / "cache").glob("*.json"):
+        f.write_text("{not json")
+    again = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
+    assert not again.from_cache and np.array_equal(again.pixels, first.pixels)
