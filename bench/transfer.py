@@ -14,8 +14,8 @@ MobileNet gets it upscaled to 96x96 and repeated to 3 channels inside the model.
 
 Recipes (each `imgclf train` in a new process, seed 42, no early stopping):
   cnn            the default size chosen from the data (28x28), --epochs 15
-  mobilenet_v2   --image-size 96, --epochs 5 (head, backbone frozen) + --fine-tune-epochs 2
-                 (top 30% of the backbone, lr/10)
+  mobilenet_v2   --image-size 96; pretrained: --epochs 5 (head, backbone frozen) + --fine-tune-epochs 2
+                 (top 30% of the backbone, lr/10); random init: the whole network, --epochs 7
 Augmentation `light` = horizontal flip, rotate 5 deg, shift 5%, zoom 5%. Horizontal flips are right
 for clothes (a mirrored shirt is a shirt); vertical flips would not be, and for digits or text use
 --flip none. Prints a table, then one JSON line.
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=None, help="training images per class (default 100)")
     ap.add_argument("--test-per-class", type=int, default=None, help="test images per class (default 200)")
     ap.add_argument("--image-size", type=int, default=96, help="MobileNet input size (96..224)")
+    ap.add_argument("--head-epochs", type=int, default=None, help="mobilenet_v2 head epochs (default 5)")
+    ap.add_argument("--fine-tune-epochs", type=int, default=None, help="mobilenet_v2 fine-tune epochs (default 2)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these recipes (names as in the table)")
     ap.add_argument("--source", default=C.DEFAULT_SOURCE)
     ap.add_argument("--workdir", default=C.DEFAULT_WORKDIR)
@@ -52,17 +54,21 @@ def main() -> None:
     per_class = args.per_class or (30 if args.quick else 100)
     test_per_class = args.test_per_class or (30 if args.quick else 200)
     cnn_epochs, head_epochs, ft_epochs = (3, 1, 1) if args.quick else (15, 5, 2)
+    head_epochs = args.head_epochs if args.head_epochs is not None else head_epochs
+    ft_epochs = args.fine_tune_epochs if args.fine_tune_epochs is not None else ft_epochs
     work = Path(args.workdir)
     root = work / "data" / f"transfer-{per_class}-{test_per_class}"
     C.make_dataset_folder(args.source, "train", root / "train", per_class)
     C.make_dataset_folder(args.source, "test", root / "test", test_per_class)
 
-    mnv2 = ["--arch", "mobilenet_v2", "--image-size", str(args.image_size), "--epochs", str(head_epochs),
-            "--fine-tune-epochs", str(ft_epochs)]
+    mnv2 = ["--arch", "mobilenet_v2", "--image-size", str(args.image_size)]
     recipes = {
         "cnn": ["--epochs", str(cnn_epochs)],
-        "mobilenet_v2 (random init)": mnv2 + ["--weights", "none"],
-        "mobilenet_v2 (pretrained)": mnv2 + ["--weights", args.weights_file],
+        # random init has no head phase: the whole network trains for as many epochs as both phases
+        "mobilenet_v2 (random init)": mnv2 + ["--weights", "none", "--epochs", str(head_epochs + ft_epochs),
+                                              "--fine-tune-epochs", "0"],
+        "mobilenet_v2 (pretrained)": mnv2 + ["--weights", args.weights_file, "--epochs", str(head_epochs),
+                                             "--fine-tune-epochs", str(ft_epochs)],
     }
     results = []
     with tempfile.TemporaryDirectory(dir=work) as tmp:

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -155,6 +156,16 @@ def _summary(ds: Optional[Dataset], decoded: Optional[Decoded]) -> Optional[dict
 def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter] = None,
           resume: Optional[str] = None) -> dict:
     """Train a model and commit it to the registry. Returns the new version's metadata."""
+    before = sys.modules["keras"].mixed_precision.global_policy().name if "keras" in sys.modules else "float32"
+    try:
+        return _train(data, cfg, registry_dir, reporter, resume)
+    finally:
+        # --mixed-precision sets Keras' global policy: it must not outlive the run (in-process callers)
+        if "keras" in sys.modules and sys.modules["keras"].mixed_precision.global_policy().name != before:
+            sys.modules["keras"].mixed_precision.set_global_policy(before)
+
+
+def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], resume: Optional[str]) -> dict:
     reporter = reporter or Reporter()
     root = registry.root_of(registry_dir)
     if resume:

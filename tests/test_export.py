@@ -94,3 +94,31 @@ def test_export_out_file_refuses_to_overwrite_without_force(exported, tmp_path):
 ])
 def test_export_errors(exported, args, word):
     assert word in error_line(cli("export", *args, "--registry", exported.registry))
+
+
+def test_mixed_precision_model_exports_float32_and_agrees(tmp_path, colour_data):
+    import keras
+    import onnx
+
+    reg = tmp_path / "reg"
+    r = cli("train", colour_data, "--registry", reg, "--arch", "cnn", "--epochs", 1, "--image-size", 16,
+            "--patience", 0, "--name", "mp", "--mixed-precision", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert keras.mixed_precision.global_policy().name == "float32"      # the run did not leak its policy
+    meta = json.loads((reg / "mp" / "1" / "metadata.json").read_text())
+    assert meta["config"]["mixed_precision"] is True
+    saved = keras.models.load_model(reg / "mp" / "1" / "model.keras", safe_mode=True, compile=False)
+    assert any(l.dtype_policy.name == "mixed_float16" for l in saved.layers)   # it really trained in float16
+
+    r = cli("export", "mp", "--registry", reg)
+    assert r.exit_code == 0, r.output
+    model = onnx.load(str(reg / "mp" / "1" / "model.onnx"))
+    f32 = onnx.TensorProto.FLOAT
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [f32]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [f32]
+    f16 = onnx.TensorProto.FLOAT16
+    assert not [t.name for t in model.graph.initializer if t.data_type == f16]   # no float16 weights
+    casts_to = [a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"]
+    assert f16 not in casts_to                                                    # no float16 compute inside
+    onnx_meta = json.loads((reg / "mp" / "1" / "metadata.json").read_text())["onnx"]
+    assert onnx_meta["top1_agreement"] == 1.0 and onnx_meta["max_abs_diff"] <= 1e-4
