@@ -23,6 +23,7 @@ for clothes (a mirrored shirt is a shirt); vertical flips would not be, and for 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -57,7 +58,9 @@ def main() -> None:
     head_epochs = args.head_epochs if args.head_epochs is not None else head_epochs
     ft_epochs = args.fine_tune_epochs if args.fine_tune_epochs is not None else ft_epochs
     work = Path(args.workdir)
-    root = work / "data" / f"transfer-{per_class}-{test_per_class}"
+    tag = "" if os.path.abspath(args.source) == os.path.abspath(C.DEFAULT_SOURCE) else \
+        "-" + hashlib.sha1(os.path.abspath(args.source).encode()).hexdigest()[:8]
+    root = work / "data" / f"transfer-{per_class}-{test_per_class}{tag}"   # one folder per source
     C.make_dataset_folder(args.source, "train", root / "train", per_class)
     C.make_dataset_folder(args.source, "test", root / "test", test_per_class)
 

@@ -22,8 +22,7 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
 
     Rotation, shift and zoom are drawn separately but applied as ONE affine resampling: Keras'
     RandomRotation, RandomTranslation and RandomZoom in a row resample three times, and on small images
-    (28x28) the three bilinear passes blur away the texture the model needs (cnn on 100 Fashion-MNIST
-    images per class: light augmentation lost 5 points of test accuracy that way; bench/transfer.py)."""
+    (28x28) the three bilinear passes visibly blur away fine texture (a shirt's pattern)."""
     if not cfg.active:
         return None
     import keras
