@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from imgclf.errors import ImageError, UsageError
+from imgclf.data.pipeline import default_workers
 from imgclf.preprocessing import PreprocessingSpec, load_image
 from imgclf.registry import ModelRef
 
@@ -130,7 +131,7 @@ def predict_stream(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_
     top_k = max(1, min(top_k, len(clf.class_names)))
     spec = clf.spec
     batch_size = max(1, int(batch_size))
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or default_workers()
     run_length = max(1, batch_size // (2 * workers))
     room = threading.Semaphore(4 * batch_size)  # paths read but not yet yielded
     todo: "queue.Queue" = queue.Queue()         # (sequence number, path), then `end`

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -140,22 +140,23 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
-def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
-    """Decode one file fully into a uint8 array of `spec.shape`. Raises ImageError(path, reason)."""
+def _decode(path, channels: int, background, size: Optional[Tuple[int, int]] = None,
+            jpeg_draft: bool = False) -> np.ndarray:
+    """The one decoder: open by content, first frame, (JPEG draft), EXIF orientation, mode -> `channels`
+    (alpha on `background`), optional resize to `size` = (height, width); uint8 HWC. Raises ImageError."""
     im = open_image(path)
     try:
         with im:
-            height, width = spec.image_size
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
-            if spec.jpeg_draft and im.format == "JPEG":
+            if size and jpeg_draft and im.format == "JPEG":
                 # Let the JPEG decoder scale down by 2/4/8 when the image is much larger than the target.
-                im.draft("L" if spec.channels == 1 else "RGB", (width * 2, height * 2))
+                im.draft("L" if channels == 1 else "RGB", (size[1] * 2, size[0] * 2))
             im.load()
             im = _apply_exif_orientation(im)
-            im = _to_mode(im, spec.channels, spec.background)
-            if im.size != (width, height):
-                im = im.resize((width, height), RESAMPLE)
+            im = _to_mode(im, channels, background)
+            if size and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), RESAMPLE)
             arr = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
@@ -165,9 +166,12 @@ def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
         raise ImageError(os.fspath(path), f"{prefix}: {reason}") from None
     except MemoryError:
         raise ImageError(os.fspath(path), "out of memory while decoding") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
+    """Decode one file fully into a uint8 array of `spec.shape`. Raises ImageError(path, reason)."""
+    return _decode(path, spec.channels, spec.background, spec.image_size, spec.jpeg_draft)
 
 
 def peek(path) -> Tuple[int, int, str, str]:
@@ -178,18 +182,6 @@ def peek(path) -> Tuple[int, int, str, str]:
 
 
 def load_full(path, channels: int) -> np.ndarray:
-    """Decode at the file's own size (for offline augmentation): same checks and mode handling as
-    `load_image`, without the resize."""
-    im = open_image(path)
-    try:
-        with im:
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            im.load()
-            im = _apply_exif_orientation(im)
-            arr = np.asarray(_to_mode(im, channels), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        reason = str(e) or type(e).__name__
-        prefix = "truncated or corrupt" if "truncated" in reason else "cannot decode"
-        raise ImageError(os.fspath(path), f"{prefix}: {reason}") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    """Decode at the file's own size (for offline augmentation): the same decoder as `load_image`,
+    without the resize."""
+    return _decode(path, channels, BACKGROUND)

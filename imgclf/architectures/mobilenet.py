@@ -82,7 +82,7 @@ def build_transfer(family: str, input_shape, num_classes, cfg):
     # Pretrained: freeze the backbone and keep its BatchNorm in inference mode (phase 1 trains the head).
     # Random init: there is nothing to protect, so the whole network trains, BatchNorm included
     # (a frozen random backbone gives chance-level features: 10% on 10 classes in bench/transfer.py).
-    pretrained = weights not in (None, "none")
+    pretrained = weights != "none"
     backbone.trainable = not pretrained
     if not pretrained:
         # Keras builds these backbones with BatchNorm momentum 0.999: its moving averages need thousands

@@ -145,13 +145,19 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     workers = workers or default_workers()
     nbytes = len(paths) * int(np.prod(spec.shape))
     fits = nbytes <= memory_budget
-    if not cache_dir:
+
+    def result(pixels, keep, problems, from_cache=False) -> Decoded:
+        return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems, from_cache)
+
+    def decode_in_memory():
         full = np.empty((len(paths),) + spec.shape, dtype=np.uint8)
         errors = _decode_into(full, paths, spec, workers, progress)
         keep = np.array([e is None for e in errors], dtype=bool)
-        pixels = full if keep.all() else full[keep]
-        problems = [e for e in errors if e is not None]
-        return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems)
+        return (full if keep.all() else full[keep]), errors, keep
+
+    if not cache_dir:
+        pixels, errors, keep = decode_in_memory()
+        return result(pixels, keep, [e for e in errors if e is not None])
 
     cache = Path(cache_dir)
     key = cache_key(paths, spec, workers)
@@ -165,19 +171,14 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
                 # problems by position: the same content may sit under other paths now
                 problems = [ImageError(paths[i], r) for i, r in index["problems"]]
                 # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
-                pixels = np.load(data_file) if fits else mapped
-                return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k],
-                               problems, from_cache=True)
+                return result(np.load(data_file) if fits else mapped, keep, problems, from_cache=True)
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass  # a damaged cache entry is rebuilt below
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
     try:
         if fits:
-            full = np.empty((len(paths),) + spec.shape, dtype=np.uint8)
-            errors = _decode_into(full, paths, spec, workers, progress)
-            keep = np.array([e is None for e in errors], dtype=bool)
-            pixels = full if keep.all() else full[keep]
+            pixels, errors, keep = decode_in_memory()
             with open(tmp, "wb") as f:
                 np.save(f, pixels)
         else:
@@ -197,9 +198,7 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     tmp_index.write_text(json.dumps({"ok": keep.tolist(), "spec": spec.to_dict(),
                                      "problems": [[i, e.reason] for i, e in enumerate(errors) if e is not None]}))
     os.replace(tmp_index, index_file)
-    if pixels is None:
-        pixels = np.load(data_file, mmap_mode="r")
-    return Decoded(pixels, labels_arr[keep], [p for p, k in zip(paths, keep) if k], problems)
+    return result(np.load(data_file, mmap_mode="r") if pixels is None else pixels, keep, problems)
 
 
 def _row_reader(pixels: np.memmap):
