@@ -290,31 +290,34 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
     from imgclf import registry as reg
-    from imgclf.predict import expand_inputs, load_classifier, predict_stream
+    from imgclf.predict import expand_inputs, load_classifier, predict_batches
 
     if top_k < 1:
         from imgclf.errors import UsageError
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     fmt = format.value if format else ("table" if sys.stdout.isatty() else "jsonl")
     clf = load_classifier(reg.resolve(registry, model), backend)
-    results = predict_stream(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
+    batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
     failed = 0
     out = sys.stdout
+    # jsonl and csv stream: each batch is written and flushed as soon as the model has classified it
     if fmt == "jsonl":
-        for r in results:
-            failed += r["error"] is not None
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        for rows in batches:
+            failed += sum(r["error"] is not None for r in rows)
+            out.write("".join([encode(r) + "\n" for r in rows]))
             out.flush()
     elif fmt == "csv":
         w = csv.writer(out)
         w.writerow(["path", "label", "confidence", "top_k", "error"])
-        for r in results:
-            failed += r["error"] is not None
-            w.writerow([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
-                        ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""])
+        for rows in batches:
+            failed += sum(r["error"] is not None for r in rows)
+            w.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
+                         ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
+                        for r in rows)
             out.flush()
     else:
-        rows = list(results)
+        rows = [r for batch in batches for r in batch]
         failed = sum(r["error"] is not None for r in rows)
         if fmt == "json":
             _print_json(rows)

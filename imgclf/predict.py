@@ -1,7 +1,7 @@
 """Run a model on image files: Keras or ONNX backend, both reading the preprocessing spec and the class
-names FROM THE MODEL'S METADATA. Images are decoded in parallel threads while the model runs on the
-batch before, and results stream out in input order as soon as each batch is done. The ONNX path
-never imports TensorFlow.
+names FROM THE MODEL'S METADATA. A batch of images is decoded while the model runs on the batch
+before (in several threads when decoding is slow, as with photos), and results stream out in input
+order as soon as each batch is done. The ONNX path never imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import os
 import queue
 import sys
 import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence
 
@@ -108,61 +111,83 @@ def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int =
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)
 
 
-def _row(path: str, probs: np.ndarray, class_names: Sequence[str], top_k: int) -> dict:
-    order = np.argsort(-probs, kind="stable")[:top_k]
-    best = int(order[0])
-    return {"path": path, "label": class_names[best], "confidence": round(float(probs[best]), 6),
-            "top_k": [{"label": class_names[int(i)], "probability": round(float(probs[int(i)]), 6)}
-                      for i in order], "error": None}
+def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int) -> List[dict]:
+    """One result row per image, for a whole batch at once (sorting and rounding in NumPy)."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    top = np.round(np.take_along_axis(probs, order, axis=1).astype(np.float64), 6).tolist()
+    names = [[class_names[i] for i in row] for row in order.tolist()]
+    return [{"path": path, "label": n[0], "confidence": p[0],
+             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None}
+            for path, n, p in zip(paths, names, top)]
 
 
 def predict_stream(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
                    workers: Optional[int] = None) -> Iterator[dict]:
-    """Yield one result per path, in input order; an unusable image yields a row with `error` set.
+    """Yield one result per path, in input order; an unusable image yields a row with `error` set."""
+    for rows in predict_batches(clf, paths, top_k=top_k, batch_size=batch_size, workers=workers):
+        yield from rows
 
-    A reader thread takes paths from `paths` as they come (a slow stdin included); `workers` decoding
-    threads each take a run of consecutive waiting paths (up to batch_size / (2 * workers)) and decode
-    it. The model runs as soon as the oldest image is decoded, on it and the consecutive ones already
-    decoded (up to `batch_size`), while decoding goes on: batches are full when decoding keeps ahead of
-    the model, and a path written to an open stdin gets its result without waiting for more input.
-    Decoding in runs rather than one image per task cuts the hand-offs between threads: one per image
-    cost about as much CPU as decoding a 28x28 PNG (~0.1 ms on a 2-core machine;
-    bench/predict_throughput.py). At most 4 batches are read ahead: memory stays bounded."""
+
+# Mean decoding time per image from which a batch is decoded by several threads. Pillow lets go of the
+# GIL while it decodes and resizes, but opening a file and setting up the decoder is Python: with small
+# images (a 28x28 PNG: ~0.1 ms, nearly all Python) two decoding threads only fight over the GIL: on
+# 2 cores they took 1.7x the time and twice the CPU of one; with photos (1600x1200 JPEGs to 224x224:
+# ~14 ms, mostly in C) two threads took 0.65x the time of one.
+PARALLEL_DECODE_MIN_S = 0.001
+
+
+class _Failure:
+    """An exception raised while listing the inputs: re-raised by the consumer after the rows before it."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
+                    workers: Optional[int] = None) -> Iterator[List[dict]]:
+    """Yield lists of result rows (one per path, in input order; an unusable image gets a row with
+    `error` set), a list per model call: a writer can flush once a batch, not once a line.
+
+    Three kinds of work overlap:
+    - a reader thread takes paths from `paths` as they come (a slow stdin included), at most
+      8 batches ahead, so memory stays bounded;
+    - the calling thread decodes a batch of the paths waiting (all of them, up to `batch_size`) and
+      builds the result rows: all the Python-heavy work stays in one thread, so it never fights
+      another thread for the GIL;
+    - a model thread runs the classifier (onnxruntime and TensorFlow let go of the GIL while they
+      compute) on that batch while the calling thread decodes the next one.
+    When decoding turns out to be slow per image (photos: `PARALLEL_DECODE_MIN_S`), each batch is
+    decoded by `workers` threads instead. The oldest batch is yielded as soon as nothing else can be
+    done (no more input waiting), so a path written to an open stdin gets its result without waiting
+    for more input."""
     top_k = max(1, min(top_k, len(clf.class_names)))
     spec = clf.spec
     batch_size = max(1, int(batch_size))
     workers = workers or default_workers()
-    run_length = max(1, batch_size // (2 * workers))
-    room = threading.Semaphore(4 * batch_size)  # paths read but not yet yielded
-    todo: "queue.Queue" = queue.Queue()         # (sequence number, path), then `end`
+    incoming: "queue.SimpleQueue" = queue.SimpleQueue()   # paths, then `end` or a _Failure
     end = object()
     stop = threading.Event()
-    ready = threading.Condition()               # guards `results` and `state`
-    results: dict = {}                          # sequence number -> (path, (pixels, error))
-    state = {"total": None, "failure": None}    # how many paths there were; (seq, exception) from `paths`
-    take = threading.Lock()                     # one worker at a time takes a run from `todo`
+    room = threading.Condition()
+    ahead = [0]  # paths read but not yet taken by the consumer (guarded by `room`)
+    limit = 8 * batch_size
 
     def reader():
-        seq = 0
         try:
             for p in paths:
-                while not room.acquire(timeout=0.1):
+                with room:
+                    while ahead[0] >= limit and not stop.is_set():
+                        room.wait(0.1)
                     if stop.is_set():
                         return
-                if stop.is_set():
-                    return
-                todo.put((seq, p))
-                seq += 1
+                    ahead[0] += 1
+                incoming.put(p)
         except BaseException as e:  # an error while listing inputs reaches the consumer, in order
-            with ready:
-                state["failure"] = (seq, e)
-                ready.notify_all()
+            incoming.put(_Failure(e))
         else:
-            with ready:
-                state["total"] = seq
-                ready.notify_all()
-        finally:
-            todo.put(end)
+            incoming.put(end)
+
+    # a daemon thread: a reader blocked on an open stdin must not keep the process alive
+    threading.Thread(target=reader, name="imgclf-predict-reader", daemon=True).start()
 
     def load(p):
         try:
@@ -170,59 +195,75 @@ def predict_stream(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_
         except ImageError as e:
             return None, e.reason
 
-    def worker():
-        while not stop.is_set():
-            with take:
-                item = todo.get()
-                if item is end:
-                    todo.put(end)  # for the other workers
-                    return
-                run = [item]
-                while len(run) < run_length:
-                    try:
-                        item = todo.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is end:
-                        todo.put(end)
-                        break
-                    run.append(item)
-            decoded = [(seq, p, load(p)) for seq, p in run]
-            with ready:
-                for seq, p, result in decoded:
-                    results[seq] = (p, result)
-                ready.notify_all()
+    def load_run(run):
+        return [load(p) for p in run]
 
-    # daemon threads: a reader blocked on an open stdin must not keep the process alive
-    for target in [reader] + [worker] * workers:
-        threading.Thread(target=target, name="imgclf-predict", daemon=True).start()
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-model")
+    decoders: Optional[ThreadPoolExecutor] = None
+    decode_time, decoded_count = 0.0, 0
 
-    def classify(batch):
-        good = [(i, arr) for i, (_, (arr, err)) in enumerate(batch) if err is None]
-        probs = clf(np.stack([a for _, a in good])) if good else None
-        by_index = {i: probs[k] for k, (i, _) in enumerate(good)}
-        for i, (p, (_, err)) in enumerate(batch):
+    def decode(batch):
+        nonlocal decoders, decode_time, decoded_count
+        if decoders is not None:
+            step = -(-len(batch) // workers)
+            return [r for run in decoders.map(load_run, [batch[i:i + step] for i in range(0, len(batch), step)])
+                    for r in run]
+        t0 = time.perf_counter()
+        out = load_run(batch)
+        decode_time += time.perf_counter() - t0
+        decoded_count += len(batch)
+        slow = decode_time / decoded_count >= PARALLEL_DECODE_MIN_S
+        if workers > 1 and decoded_count >= min(batch_size, 8) and slow:
+            decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclf-decode")
+        return out
+
+    def submit(batch):
+        loaded = decode(batch)
+        good = [i for i, (_, err) in enumerate(loaded) if err is None]
+        future = model_thread.submit(clf, np.stack([loaded[i][0] for i in good])) if good else None
+        return batch, loaded, good, future
+
+    def rows_of(job) -> List[dict]:
+        batch, loaded, good, future = job
+        rows: List[Optional[dict]] = [None] * len(batch)
+        if future is not None:
+            for i, row in zip(good, _rows([batch[i] for i in good], future.result(), clf.class_names, top_k)):
+                rows[i] = row
+        for i, (p, (_, err)) in enumerate(zip(batch, loaded)):
             if err is not None:
-                yield {"path": p, "label": None, "confidence": None, "top_k": [], "error": err}
-            else:
-                yield _row(p, by_index[i], clf.class_names, top_k)
+                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err}
+        return rows
 
-    next_seq = 0
+    in_flight: "deque" = deque()  # submitted batches, oldest first
+    failure: Optional[BaseException] = None
+    exhausted = False
     try:
         while True:
-            with ready:
-                while next_seq not in results:
-                    if state["total"] is not None and next_seq >= state["total"]:
-                        return
-                    if state["failure"] is not None and next_seq >= state["failure"][0]:
-                        raise state["failure"][1]
-                    ready.wait()
-                batch = []
-                while next_seq in results and len(batch) < batch_size:
-                    batch.append(results.pop(next_seq))
-                    next_seq += 1
-            yield from classify(batch)
-            room.release(len(batch))
+            batch: List[str] = []
+            while not exhausted and len(batch) < batch_size:
+                try:  # wait for input only when there is nothing else to do
+                    item = incoming.get(block=not batch and not in_flight)
+                except queue.Empty:
+                    break
+                if item is end or isinstance(item, _Failure):
+                    exhausted = True
+                    failure = item.error if isinstance(item, _Failure) else None
+                    break
+                batch.append(item)
+            if batch:
+                with room:
+                    ahead[0] -= len(batch)
+                    room.notify()
+                in_flight.append(submit(batch))
+            # yield the oldest batch once the next one is on its way, or when no more input is waiting
+            while in_flight and (len(in_flight) > 1 or not batch or exhausted):
+                yield rows_of(in_flight.popleft())
+            if exhausted and not in_flight:
+                if failure is not None:
+                    raise failure
+                return
     finally:
         stop.set()
-        todo.put(end)
+        model_thread.shutdown(wait=False, cancel_futures=True)
+        if decoders is not None:
+            decoders.shutdown(wait=False, cancel_futures=True)
