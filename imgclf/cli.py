@@ -298,19 +298,22 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
     fmt = format.value if format else ("table" if sys.stdout.isatty() else "jsonl")
     clf = load_classifier(reg.resolve(registry, model), backend)
     batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
-    failed = 0
+    failed = total = 0
     out = sys.stdout
     # jsonl and csv stream: each batch is written and flushed as soon as the model has classified it
     if fmt == "jsonl":
         encode = json.JSONEncoder(ensure_ascii=False).encode
         for rows in batches:
+            total += len(rows)
             failed += sum(r["error"] is not None for r in rows)
             out.write("".join([encode(r) + "\n" for r in rows]))
             out.flush()
     elif fmt == "csv":
         w = csv.writer(out)
-        w.writerow(["path", "label", "confidence", "top_k", "error"])
         for rows in batches:
+            if not total:
+                w.writerow(["path", "label", "confidence", "top_k", "error"])
+            total += len(rows)
             failed += sum(r["error"] is not None for r in rows)
             w.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
                          ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
@@ -318,8 +321,10 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
             out.flush()
     else:
         rows = [r for batch in batches for r in batch]
-        failed = sum(r["error"] is not None for r in rows)
-        if fmt == "json":
+        failed, total = sum(r["error"] is not None for r in rows), len(rows)
+        if not rows:
+            pass
+        elif fmt == "json":
             _print_json(rows)
         else:
             from imgclf.console import print_table
@@ -327,6 +332,13 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
                         [[r["path"], r["label"] or f"error: {r['error']}",
                           "" if r["confidence"] is None else f"{r['confidence']:.3f}",
                           ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])] for r in rows])
+    if not total:
+        from imgclf.config import IMAGE_EXTENSIONS
+        from imgclf.errors import DataError
+        folders = [i for i in images if i != "-"]
+        reasons = [f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(folders)}"] if folders else []
+        reasons += ["no paths on stdin"] if "-" in images else []
+        raise DataError("nothing to classify: " + "; ".join(reasons))
     if failed:
         from imgclf.console import err_console
         err_console.print(f"error: {failed} image(s) could not be classified", style="red", markup=False)

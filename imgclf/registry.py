@@ -211,7 +211,9 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
             raise ModelNotFound(f"{ref}: model file or folder not found")
         if p.is_dir():
             if not (p / METADATA).is_file():
-                raise ModelNotFound(f"{ref}: folder has no {METADATA}; not an imgclf model")
+                also = (f", and the registry {root} has no model of that name" if os.sep not in ref
+                        and NAME_RE.match(ref) else "")
+                raise ModelNotFound(f"{ref}: folder has no {METADATA}; not an imgclf model{also}")
             return _load_ref(p)
         if (p.parent / METADATA).is_file():
             return _load_ref(p.parent)

@@ -97,6 +97,30 @@ def test_predict_a_folder_recursively(trained, images):
     assert {row["path"]: row["label"] for row in rows} == dict(items)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json", "table"])
+def test_nothing_to_classify_is_an_error_not_a_silent_success(trained, tmp_path, fmt):
+    empty = tmp_path / "no images here"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    r = predict(trained.registry, "--format", fmt, empty)
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: nothing to classify: no image files (.jpg, .jpeg, .png, .bmp, .gif, .tif, " \
+                            f".tiff, .webp) in {empty}"
+    assert r.stdout == ""
+    r = predict(trained.registry, "--format", fmt, "-", input="")
+    assert r.exit_code == 1
+    assert error_line(r) == "error: nothing to classify: no paths on stdin"
+    assert r.stdout == ""
+
+
+def test_a_data_folder_named_like_an_unknown_model_says_both(trained, tmp_path, monkeypatch):
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    r = predict(trained.registry, "x.png", model="pets")
+    assert error_line(r) == (f"error: pets: folder has no metadata.json; not an imgclf model, and the registry "
+                             f"{trained.registry} has no model of that name")
+
+
 def test_predict_paths_from_stdin(trained, images):
     _, items = images
     stdin = "\n".join(p for p, _ in items) + "\n\n"
