@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from imgclf.errors import ImageError, UsageError
-from imgclf.data.pipeline import default_workers
+from imgclf.data.pipeline import PARALLEL_DECODE_MIN_S, default_workers
 from imgclf.preprocessing import PreprocessingSpec, load_image
 from imgclf.registry import ModelRef
 
@@ -126,14 +126,6 @@ def predict_stream(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_
     """Yield one result per path, in input order; an unusable image yields a row with `error` set."""
     for rows in predict_batches(clf, paths, top_k=top_k, batch_size=batch_size, workers=workers):
         yield from rows
-
-
-# Mean decoding time per image from which a batch is decoded by several threads. Pillow lets go of the
-# GIL while it decodes and resizes, but opening a file and setting up the decoder is Python: with small
-# images (a 28x28 PNG: ~0.1 ms, nearly all Python) two decoding threads only fight over the GIL: on
-# 2 cores they took 1.7x the time and twice the CPU of one; with photos (1600x1200 JPEGs to 224x224:
-# ~14 ms, mostly in C) two threads took 0.65x the time of one.
-PARALLEL_DECODE_MIN_S = 0.001
 
 
 class _Failure:

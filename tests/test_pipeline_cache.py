@@ -91,3 +91,31 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
         f.write_text("{not json")
     again = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache")
     assert not again.from_cache and np.array_equal(again.pixels, first.pixels)
+
+
+def test_decoding_in_threads_gives_the_same_pixels_problems_and_progress(tmp_path, monkeypatch):
+    """Small images are decoded in one thread, slow ones in several (PARALLEL_DECODE_MIN_S): both ways give
+    the same rows, the same problems in place, and progress up to the total."""
+    import imgclf.data.pipeline as PL
+
+    root = tmp_path / "data"
+    root.mkdir()
+    paths = []
+    for i in range(150):
+        p = root / f"img{i:03d}.png"
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(p)
+        paths.append(str(p))
+    for k in (5, 70, 149):
+        (root / f"broken{k}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        paths.insert(k, str(root / f"broken{k}.png"))
+    runs = {}
+    for name, threshold in (("one thread", float("inf")), ("threads", 0.0)):
+        monkeypatch.setattr(PL, "PARALLEL_DECODE_MIN_S", threshold)
+        seen = []
+        d = decode(paths, list(range(len(paths))), _spec(), workers=3, progress=seen.append)
+        runs[name] = d
+        assert seen[-1] == len(paths) and seen == sorted(seen)
+    a, b = runs["one thread"], runs["threads"]
+    assert np.array_equal(a.pixels, b.pixels) and a.paths == b.paths and list(a.labels) == list(b.labels)
+    assert [e.path for e in b.problems] == [paths[5], paths[70], paths[149]]
+    assert [int(row[0, 0, 0]) for row in b.pixels] == list(range(150))
