@@ -119,3 +119,21 @@ def test_decoding_in_threads_gives_the_same_pixels_problems_and_progress(tmp_pat
     assert np.array_equal(a.pixels, b.pixels) and a.paths == b.paths and list(a.labels) == list(b.labels)
     assert [e.path for e in b.problems] == [paths[5], paths[70], paths[149]]
     assert [int(row[0, 0, 0]) for row in b.pixels] == list(range(150))
+
+
+def test_map_in_order_keeps_the_order_in_one_thread_and_in_several(monkeypatch):
+    import threading
+
+    import imgclf.data.pipeline as PL
+
+    items = list(range(200))
+    for threshold, many_threads in ((float("inf"), False), (0.0, True)):
+        monkeypatch.setattr(PL, "PARALLEL_DECODE_MIN_S", threshold)
+        threads = set()
+
+        def square(x):
+            threads.add(threading.get_ident())
+            return x * x
+
+        assert PL.map_in_order(square, items, workers=3) == [x * x for x in items]
+        assert (len(threads) > 1) == many_threads

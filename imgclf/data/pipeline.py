@@ -50,12 +50,27 @@ PARALLEL_DECODE_MIN_S = 0.001
 DECODE_STEP = 32
 
 
+def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None) -> list:
+    """[fn(x) for x in items], in this thread while each call is cheap, spread over `workers` threads
+    (tasks of DECODE_STEP items) once the first calls show one takes PARALLEL_DECODE_MIN_S or more: the
+    same rule as decoding (big files, a slow or network disk), for the same reason (the GIL)."""
+    workers = workers or default_workers()
+    t0 = time.perf_counter()
+    head = [fn(x) for x in items[:DECODE_STEP]]
+    if not head or workers < 2 or len(items) <= DECODE_STEP or \
+            (time.perf_counter() - t0) / len(head) < PARALLEL_DECODE_MIN_S:
+        return head + [fn(x) for x in items[DECODE_STEP:]]
+    runs = [items[i:i + DECODE_STEP] for i in range(DECODE_STEP, len(items), DECODE_STEP)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return head + [r for run in pool.map(lambda run: [fn(x) for x in run], runs) for r in run]
+
+
 def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[int] = None) -> str:
     """The pixel cache's key: the preprocessing spec and the CONTENT of every file, in order.
 
     Editing, replacing or re-exporting an image changes the key even when its size and mtime do not; a
-    `touch`, a copy or a moved data folder does not. Hashing reads each file once (blake2b, parallel
-    threads): for small images a fraction of decoding them (bench/train_pipeline.py, warm cache)."""
+    `touch`, a copy or a moved data folder does not. Hashing reads each file once (blake2b; in threads
+    when the files are big): for small images a fraction of decoding them (bench/train_pipeline.py, warm cache)."""
     from imgclf.data.scan import file_digest
 
     def digest(p):
@@ -66,9 +81,8 @@ def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[i
 
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        for d in pool.map(digest, paths, chunksize=64):
-            h.update(d.encode() + b"\n")
+    for d in map_in_order(digest, list(paths), workers):
+        h.update(d.encode() + b"\n")
     return h.hexdigest()
 
 

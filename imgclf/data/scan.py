@@ -168,14 +168,17 @@ def scan(root, class_names: Optional[Sequence[str]] = None, deep: bool = False,
             files.append(f)
         files_by_class[folder.name] = files
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
-        all_files = [f for files in files_by_class.values() for f in files]
-        checks = dict(zip(all_files, pool.map(_check_file, all_files)))
-        if deep:
-            ok = [f for f in all_files if checks[f][0] is not None]
-            for f, reason in zip(ok, pool.map(_deep_check, ok)):
-                if reason is not None:
-                    checks[f] = (None, reason)
+    from imgclf.data.pipeline import map_in_order
+
+    # reading headers waits on the disk more than decoding does: more threads than cores when it is slow
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    all_files = [f for files in files_by_class.values() for f in files]
+    checks = dict(zip(all_files, map_in_order(_check_file, all_files, workers)))
+    if deep:
+        ok = [f for f in all_files if checks[f][0] is not None]
+        for f, reason in zip(ok, map_in_order(_deep_check, ok, workers)):
+            if reason is not None:
+                checks[f] = (None, reason)
 
     usable: Dict[str, List[Sample]] = {}
     for cls, files in files_by_class.items():
