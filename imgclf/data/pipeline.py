@@ -46,23 +46,45 @@ def default_workers() -> int:
 #: decoding threads only fight over the GIL (on 2 cores 1.7x the time and twice the CPU of one); with
 #: photos (1600x1200 JPEGs to 224x224: ~14 ms, mostly in C) two threads take 0.65x the time of one.
 PARALLEL_DECODE_MIN_S = 0.001
-#: images per decoding task
+#: items per task when cheap, and how many are timed first
 DECODE_STEP = 32
+#: longest time spent timing the first items; the work per task when items are slow
+PROBE_S = 0.05
+TASK_S = 0.02
 
 
-def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None) -> list:
-    """[fn(x) for x in items], in this thread while each call is cheap, spread over `workers` threads
-    (tasks of DECODE_STEP items) once the first calls show one takes PARALLEL_DECODE_MIN_S or more: the
-    same rule as decoding (big files, a slow or network disk), for the same reason (the GIL)."""
+def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> list:
+    """[fn(x) for x in items], in order. The first calls run in this thread and are timed (up to
+    DECODE_STEP items or PROBE_S seconds); when one takes PARALLEL_DECODE_MIN_S or more (photos, big
+    files, a slow or network disk) the rest is spread over `workers` threads in tasks of about TASK_S
+    seconds, else it runs here too. `progress(done)` is called as items are done."""
     workers = workers or default_workers()
+    n = len(items)
+    out: list = []
     t0 = time.perf_counter()
-    head = [fn(x) for x in items[:DECODE_STEP]]
-    if not head or workers < 2 or len(items) <= DECODE_STEP or \
-            (time.perf_counter() - t0) / len(head) < PARALLEL_DECODE_MIN_S:
-        return head + [fn(x) for x in items[DECODE_STEP:]]
-    runs = [items[i:i + DECODE_STEP] for i in range(DECODE_STEP, len(items), DECODE_STEP)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return head + [r for run in pool.map(lambda run: [fn(x) for x in run], runs) for r in run]
+    while len(out) < min(n, DECODE_STEP) and (not out or time.perf_counter() - t0 < PROBE_S):
+        out.append(fn(items[len(out)]))
+    per_item = (time.perf_counter() - t0) / max(1, len(out))
+    if progress and out:
+        progress(len(out))
+    parallel = workers > 1 and len(out) < n and per_item >= PARALLEL_DECODE_MIN_S
+    step = max(1, min(DECODE_STEP, int(TASK_S / per_item))) if parallel else DECODE_STEP
+    runs = [items[i:i + step] for i in range(len(out), n, step)]
+
+    def task(run):
+        return [fn(x) for x in run]
+
+    pool = ThreadPoolExecutor(max_workers=workers) if parallel else None
+    try:
+        for run in (pool.map(task, runs) if pool else map(task, runs)):
+            out.extend(run)
+            if progress:
+                progress(len(out))
+    finally:
+        if pool:
+            pool.shutdown()
+    return out
 
 
 def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[int] = None) -> str:
@@ -89,42 +111,18 @@ def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[i
 def _decode_into(out: np.ndarray, paths: Sequence[str], spec: PreprocessingSpec, workers: int,
                  progress: Optional[Callable[[int], None]], done_before: int = 0,
                  total: Optional[int] = None) -> List[Optional[ImageError]]:
-    """Decode `paths` into the rows of `out`; returns one ImageError or None per path.
+    """Decode `paths` into the rows of `out`; returns one ImageError or None per path. Small images are
+    decoded in this thread (mostly Python: threads would only fight over the GIL; 10,000 28x28 PNGs
+    took 2.0-2.6 CPU-s in 2 threads, ~1 s in one), slow ones in threads (`map_in_order`)."""
+    def work(i):
+        try:
+            out[i] = load_image(paths[i], spec)
+            return None
+        except ImageError as e:
+            return e
 
-    The first images are decoded in this thread and timed: when an image takes
-    PARALLEL_DECODE_MIN_S or more (photos: Pillow works in C without the GIL) the rest is spread over
-    `workers` threads, else it is decoded here too (small images are mostly Python: threads would
-    only fight over the GIL; 10,000 28x28 PNGs took 2.0-2.6 CPU-s in 2 threads, ~1 s in one)."""
-    n = len(paths)
-    total = total if total is not None else n
-    errors: List[Optional[ImageError]] = [None] * n
-
-    def run(lo: int) -> int:
-        hi = min(lo + DECODE_STEP, n)
-        for i in range(lo, hi):
-            try:
-                out[i] = load_image(paths[i], spec)
-            except ImageError as e:
-                errors[i] = e
-        return hi
-
-    def report(done: int) -> None:
-        if progress:
-            progress(done_before + done)
-
-    t0 = time.perf_counter()
-    probe = run(0) if n else 0
-    report(probe)
-    slow = probe and (time.perf_counter() - t0) / probe >= PARALLEL_DECODE_MIN_S
-    starts = range(probe, n, DECODE_STEP)
-    if workers > 1 and slow and len(starts) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for hi in pool.map(run, starts):
-                report(hi)
-    else:
-        for lo in starts:
-            report(run(lo))
-    return errors
+    return map_in_order(work, range(len(paths)), workers,
+                        (lambda done: progress(done_before + done)) if progress else None)
 
 
 #: rows decoded per chunk when the pixels stream to the cache file (the chunk is the only copy in RAM)
