@@ -12,7 +12,7 @@ image. Interleaved in the same process, `--rounds` times (medians), wall and CPU
   limit    onnxruntime session.run over float32 arrays decoded beforehand (batch 32)
   decode   preprocessing.load_image on every file, one thread (what the limit never pays)
   engine   predict_batches: paths in, result rows out (decode + model + rows)
-  baseline the same through `predict_stream` of another copy of imgclf/predict.py (--baseline-module,
+  baseline the same through another copy of imgclf/predict.py (--baseline-module,
            e.g. `git show REV:imgclf/predict.py > /tmp/old_predict.py`), for before/after figures
 
 It also prints the floor on this machine: (limit CPU + decode CPU) / cores, the wall time of a
@@ -65,13 +65,17 @@ def bench_model(ref, paths, rounds, baseline) -> dict:
         runs["decode"].append(_timed(lambda: [load_image(p, clf.spec) for p in paths]))
         runs["engine"].append(_timed(lambda: [r for b in predict_batches(clf, paths) for r in b]))
         if baseline:
-            runs["baseline"].append(_timed(lambda: list(baseline.predict_stream(clf, paths))))
+            if hasattr(baseline, "predict_batches"):
+                runs["baseline"].append(_timed(lambda: [r for b in baseline.predict_batches(clf, paths) for r in b]))
+            else:  # copies of predict.py before 49c342d
+                runs["baseline"].append(_timed(lambda: list(baseline.predict_stream(clf, paths))))
     return runs
 
 
 def bench_photos(photo_dir, size, rounds) -> dict:
     import numpy as np
 
+    import imgclf.data.pipeline as PL
     import imgclf.predict as P
     from imgclf.data.scan import walk_files, is_image_name
     from imgclf.preprocessing import PreprocessingSpec
@@ -85,16 +89,16 @@ def bench_photos(photo_dir, size, rounds) -> dict:
             return np.full((len(batch), 2), 0.5, np.float32)
 
     paths = [p for p in walk_files(photo_dir) if is_image_name(os.path.basename(p))]
-    default = P.PARALLEL_DECODE_MIN_S
+    default = PL.PARALLEL_DECODE_MIN_S
     runs = {"one_thread": [], "auto": []}
     try:
         for _ in range(rounds):
-            P.PARALLEL_DECODE_MIN_S = float("inf")
+            PL.PARALLEL_DECODE_MIN_S = float("inf")
             runs["one_thread"].append(_timed(lambda: [r for b in P.predict_batches(StandIn(), paths) for r in b]))
-            P.PARALLEL_DECODE_MIN_S = default
+            PL.PARALLEL_DECODE_MIN_S = default
             runs["auto"].append(_timed(lambda: [r for b in P.predict_batches(StandIn(), paths) for r in b]))
     finally:
-        P.PARALLEL_DECODE_MIN_S = default
+        PL.PARALLEL_DECODE_MIN_S = default
     return {"images": len(paths), "runs": runs}
 
 
@@ -108,7 +112,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", help="an exported model (NAME, NAME:VERSION or path) instead of training")
     ap.add_argument("--registry", help="registry of --model")
-    ap.add_argument("--baseline-module", help="another imgclf/predict.py to compare with (its predict_stream)")
+    ap.add_argument("--baseline-module", help="another imgclf/predict.py to compare with")
     ap.add_argument("--photos", help="a folder of photos for the one-thread vs parallel decoding rows")
     ap.add_argument("--image-size", type=int, default=224, help="target size for --photos")
     ap.add_argument("--source", default=C.DEFAULT_SOURCE)

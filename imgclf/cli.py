@@ -322,11 +322,9 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
     else:
         rows = [r for batch in batches for r in batch]
         failed, total = sum(r["error"] is not None for r in rows), len(rows)
-        if not rows:
-            pass
-        elif fmt == "json":
+        if rows and fmt == "json":
             _print_json(rows)
-        else:
+        elif rows:
             from imgclf.console import print_table
             print_table(None, ["path", "label", "confidence", f"top {top_k}"],
                         [[r["path"], r["label"] or f"error: {r['error']}",

@@ -9,7 +9,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from imgclf.errors import ImageError, UsageError
-from imgclf.data.pipeline import PARALLEL_DECODE_MIN_S, default_workers
+from imgclf.data.pipeline import InOrderMapper
 from imgclf.preprocessing import PreprocessingSpec, load_image
 from imgclf.registry import ModelRef
 
@@ -121,13 +120,6 @@ def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], t
             for path, n, p in zip(paths, names, top)]
 
 
-def predict_stream(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
-                   workers: Optional[int] = None) -> Iterator[dict]:
-    """Yield one result per path, in input order; an unusable image yields a row with `error` set."""
-    for rows in predict_batches(clf, paths, top_k=top_k, batch_size=batch_size, workers=workers):
-        yield from rows
-
-
 class _Failure:
     """An exception raised while listing the inputs: re-raised by the consumer after the rows before it."""
 
@@ -148,14 +140,13 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
       another thread for the GIL;
     - a model thread runs the classifier (onnxruntime and TensorFlow let go of the GIL while they
       compute) on that batch while the calling thread decodes the next one.
-    When decoding turns out to be slow per image (photos: `PARALLEL_DECODE_MIN_S`), each batch is
+    When decoding turns out to be slow per image (photos: `pipeline.InOrderMapper`), batches are
     decoded by `workers` threads instead. The oldest batch is yielded as soon as nothing else can be
     done (no more input waiting), so a path written to an open stdin gets its result without waiting
     for more input."""
     top_k = max(1, min(top_k, len(clf.class_names)))
     spec = clf.spec
     batch_size = max(1, int(batch_size))
-    workers = workers or default_workers()
     incoming: "queue.SimpleQueue" = queue.SimpleQueue()   # paths, then `end` or a _Failure
     end = object()
     stop = threading.Event()
@@ -187,30 +178,11 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
         except ImageError as e:
             return None, e.reason
 
-    def load_run(run):
-        return [load(p) for p in run]
-
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-model")
-    decoders: Optional[ThreadPoolExecutor] = None
-    decode_time, decoded_count = 0.0, 0
-
-    def decode(batch):
-        nonlocal decoders, decode_time, decoded_count
-        if decoders is not None:
-            step = -(-len(batch) // workers)
-            return [r for run in decoders.map(load_run, [batch[i:i + step] for i in range(0, len(batch), step)])
-                    for r in run]
-        t0 = time.perf_counter()
-        out = load_run(batch)
-        decode_time += time.perf_counter() - t0
-        decoded_count += len(batch)
-        slow = decode_time / decoded_count >= PARALLEL_DECODE_MIN_S
-        if workers > 1 and decoded_count >= min(batch_size, 8) and slow:
-            decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclf-decode")
-        return out
+    decode = InOrderMapper(workers)  # here while images are cheap, in threads once they are slow
 
     def submit(batch):
-        loaded = decode(batch)
+        loaded = decode(load, batch)
         good = [i for i, (_, err) in enumerate(loaded) if err is None]
         future = model_thread.submit(clf, np.stack([loaded[i][0] for i in good])) if good else None
         return batch, loaded, good, future
@@ -257,5 +229,4 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
     finally:
         stop.set()
         model_thread.shutdown(wait=False, cancel_futures=True)
-        if decoders is not None:
-            decoders.shutdown(wait=False, cancel_futures=True)
+        decode.close(wait=False)

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+import imgclf.data.pipeline as PL
 import imgclf.predict as P
 from conftest import COLOURS, child_env, noisy
 from imgclf.preprocessing import PreprocessingSpec
@@ -76,7 +77,7 @@ def test_rows_come_in_input_order_across_batches(stream_images):
 def test_parallel_decoding_gives_the_same_rows(stream_images, monkeypatch):
     serial = [r for b in P.predict_batches(MeanColour(), [p for p, _ in stream_images], batch_size=16,
                                            workers=1) for r in b]
-    monkeypatch.setattr(P, "PARALLEL_DECODE_MIN_S", 0.0)   # decode every batch with 3 threads
+    monkeypatch.setattr(PL, "PARALLEL_DECODE_MIN_S", 0.0)  # decode every batch with 3 threads
     parallel = [r for b in P.predict_batches(MeanColour(), [p for p, _ in stream_images], batch_size=16,
                                              workers=3) for r in b]
     assert parallel == serial

@@ -53,38 +53,59 @@ PROBE_S = 0.05
 TASK_S = 0.02
 
 
-def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> list:
-    """[fn(x) for x in items], in order. The first calls run in this thread and are timed (up to
-    DECODE_STEP items or PROBE_S seconds); when one takes PARALLEL_DECODE_MIN_S or more (photos, big
-    files, a slow or network disk) the rest is spread over `workers` threads in tasks of about TASK_S
-    seconds, else it runs here too. `progress(done)` is called as items are done."""
-    workers = workers or default_workers()
-    n = len(items)
-    out: list = []
-    t0 = time.perf_counter()
-    while len(out) < min(n, DECODE_STEP) and (not out or time.perf_counter() - t0 < PROBE_S):
-        out.append(fn(items[len(out)]))
-    per_item = (time.perf_counter() - t0) / max(1, len(out))
-    if progress and out:
-        progress(len(out))
-    parallel = workers > 1 and len(out) < n and per_item >= PARALLEL_DECODE_MIN_S
-    step = max(1, min(DECODE_STEP, int(TASK_S / per_item))) if parallel else DECODE_STEP
-    runs = [items[i:i + step] for i in range(len(out), n, step)]
+class InOrderMapper:
+    """Calls fn over items, in order, in the calling thread while each call is cheap, in threads once a
+    call is slow: the first calls are timed (up to DECODE_STEP items or PROBE_S seconds) and, when one
+    takes PARALLEL_DECODE_MIN_S or more (photos, big files, a slow or network disk), the rest goes to
+    `workers` threads in tasks of about TASK_S seconds, and so does every later call on this mapper.
+    Use it as a context manager, or close() it."""
 
-    def task(run):
-        return [fn(x) for x in run]
+    def __init__(self, workers: Optional[int] = None):
+        self.workers = workers or default_workers()
+        self.pool: Optional[ThreadPoolExecutor] = None
+        self.step = DECODE_STEP
 
-    pool = ThreadPoolExecutor(max_workers=workers) if parallel else None
-    try:
-        for run in (pool.map(task, runs) if pool else map(task, runs)):
+    def __call__(self, fn: Callable, items: Sequence, progress: Optional[Callable[[int], None]] = None) -> list:
+        n = len(items)
+        out: list = []
+        if self.pool is None:
+            t0 = time.perf_counter()
+            while len(out) < min(n, DECODE_STEP) and (not out or time.perf_counter() - t0 < PROBE_S):
+                out.append(fn(items[len(out)]))
+            per_item = (time.perf_counter() - t0) / max(1, len(out))
+            if progress and out:
+                progress(len(out))
+            if self.workers > 1 and len(out) < n and per_item >= PARALLEL_DECODE_MIN_S:
+                self.step = max(1, min(DECODE_STEP, int(TASK_S / per_item)))
+                self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgclf-decode")
+
+        def task(run):
+            return [fn(x) for x in run]
+
+        runs = [items[i:i + self.step] for i in range(len(out), n, self.step)]
+        for run in (self.pool.map(task, runs) if self.pool else map(task, runs)):
             out.extend(run)
             if progress:
                 progress(len(out))
-    finally:
-        if pool:
-            pool.shutdown()
-    return out
+        return out
+
+    def close(self, wait: bool = True) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait, cancel_futures=True)
+
+    def __enter__(self) -> "InOrderMapper":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> list:
+    """[fn(x) for x in items], in order: in this thread while each call is cheap, in `workers` threads
+    when calls are slow (InOrderMapper). `progress(done)` is called as items are done."""
+    with InOrderMapper(workers) as mapper:
+        return mapper(fn, items, progress)
 
 
 def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[int] = None) -> str:
@@ -109,8 +130,7 @@ def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[i
 
 
 def _decode_into(out: np.ndarray, paths: Sequence[str], spec: PreprocessingSpec, workers: int,
-                 progress: Optional[Callable[[int], None]], done_before: int = 0,
-                 total: Optional[int] = None) -> List[Optional[ImageError]]:
+                 progress: Optional[Callable[[int], None]], done_before: int = 0) -> List[Optional[ImageError]]:
     """Decode `paths` into the rows of `out`; returns one ImageError or None per path. Small images are
     decoded in this thread (mostly Python: threads would only fight over the GIL; 10,000 28x28 PNGs
     took 2.0-2.6 CPU-s in 2 threads, ~1 s in one), slow ones in threads (`map_in_order`)."""
@@ -149,7 +169,7 @@ def _decode_to_file(tmp: Path, paths: Sequence[str], spec: PreprocessingSpec, wo
     with open(tmp, "r+b") as f:
         for start in range(0, len(paths), per_chunk):
             chunk = paths[start:start + per_chunk]
-            errs = _decode_into(buf, chunk, spec, workers, progress, done_before=start, total=len(paths))
+            errs = _decode_into(buf, chunk, spec, workers, progress, done_before=start)
             f.seek(offset + start * row)
             f.write(memoryview(buf[:len(chunk)]).cast("B"))
             errors += errs

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -238,9 +237,10 @@ def find_duplicates(named_samples: Iterable[Tuple[str, str, str]]) -> List[Probl
     across classes (label conflict) and across splits (leakage)."""
     by_hash: Dict[str, List[Tuple[str, str, str]]] = defaultdict(list)
     items = list(named_samples)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for item, digest in zip(items, pool.map(lambda t: file_digest(t[2]), items)):
-            by_hash[digest].append(item)
+    from imgclf.data.pipeline import map_in_order
+
+    for item, digest in zip(items, map_in_order(lambda t: file_digest(t[2]), items, 4)):
+        by_hash[digest].append(item)
     problems = []
     for group in by_hash.values():
         if len(group) < 2:
