@@ -116,3 +116,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of to_dict (a resumed run's config)."""
+        d = dict(d)
+        augment = AugmentConfig(**d.pop("augment"))
+        return cls(**d, augment=augment)

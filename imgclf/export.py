@@ -80,8 +80,9 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
         raise UsageError(f"--opset must be between 7 and 21, got {opset}")
     if out is not None and Path(out).exists() and not force:
         raise UsageError(f"{out}: file exists (use --force to overwrite)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from imgclf.tf_quiet import import_keras
+
+    keras = import_keras()
     import onnx
     import tensorflow as tf
     import tf2onnx

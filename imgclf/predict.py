@@ -66,10 +66,9 @@ class KerasClassifier(Classifier):
         super().__init__(ref)
         if ref.onnx_only:
             raise UsageError(f"{ref.onnx_path}: a standalone .onnx file runs with --backend onnx only")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
+        from imgclf.tf_quiet import import_keras
 
-        self.model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
+        self.model = import_keras().models.load_model(ref.keras_path, compile=False, safe_mode=True)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core

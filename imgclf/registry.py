@@ -315,7 +315,7 @@ def set_tag(registry, ref: str, alias: str) -> ModelRef:
     return model
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError, TypeError):
@@ -334,7 +334,7 @@ def unfinished_runs(registry) -> List[Tuple[Path, dict, bool]]:
                 info = read_json(run / "run.json")
             except (OSError, ValueError):
                 pass
-            out.append((run, info, _pid_alive(info.get("pid")) if info else False))
+            out.append((run, info, pid_alive(info.get("pid")) if info else False))
     return out
 
 

@@ -25,7 +25,9 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
     (28x28) the three bilinear passes visibly blur away fine texture (a shirt's pattern)."""
     if not cfg.active:
         return None
-    import keras
+    from imgclf.tf_quiet import import_keras
+
+    keras = import_keras()
     from keras import layers
 
     ops = []
@@ -134,7 +136,6 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
         raise DataError(f"{dest}: folder is not empty (use --force to write into it)")
     ds = scan(tree, deep=True)
     require_trainable(ds)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     aug = build_augmenter(cfg, seed)
     rng = np.random.default_rng(seed)
 

@@ -317,8 +317,9 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     memory-mapped cache (read one batch at a time): the pixels are never copied into TensorFlow. A
     tf.constant of them held one extra copy for the whole run and a second one while it was made
     (bench/train_memory.py); gathering a batch in NumPy costs about as much as tf.gather did."""
-    import tensorflow as tf
+    from imgclf.tf_quiet import import_tensorflow
 
+    tf = import_tensorflow()
     n = len(labels)
     shape = pixels.shape[1:]
     idx = tf.data.Dataset.range(n)
