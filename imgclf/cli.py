@@ -43,6 +43,13 @@ class TableOrJson(str, Enum):
     json = "json"
 
 
+class DistributeChoice(str, Enum):  # imgclf/distribute.py Mode
+    auto = "auto"
+    none = "none"
+    mirrored = "mirrored"
+    multi_worker = "multi-worker"
+
+
 def _fail(message: str, code: int) -> None:
     from imgclf.console import err_console
     err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -207,6 +214,12 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                                 "exports stay float32."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
+          distribute: DistributeChoice = typer.Option(
+              DistributeChoice.auto, "--distribute", help="auto (several GPUs: mirrored; TF_CONFIG naming "
+              "several workers: multi-worker) | none | mirrored | multi-worker. See docs/distributed.md."),
+          cluster_timeout: int = typer.Option(60, "--cluster-timeout", metavar="SECONDS",
+                                              help="Multi-worker: fail when a worker has not joined, or has "
+                                                   "stopped responding, for this long."),
           registry: Optional[Path] = RegistryOpt,
           format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
           quiet: bool = QuietOpt):
@@ -224,7 +237,13 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                       alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                       class_weight=class_weight, augment=aug, augment_policy=augment,
                       mixed_precision=mixed_precision)
-    meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
+    meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume,
+                     distribute_mode=distribute.value, cluster_timeout=cluster_timeout)
+    if meta["path"] is None:  # a worker other than the chief: the chief saved the model
+        _reporter(quiet).info("training done; the chief (worker 0) saved the model to the registry")
+        if format == TableOrJson.json:
+            _print_json({"name": meta["name"], "version": None, "path": None, "metrics": meta["metrics"]})
+        return
     summary = {"name": meta["name"], "version": meta["version"], "path": meta["path"], "metrics": meta["metrics"]}
     if format == TableOrJson.json:
         _print_json(summary)
