@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
@@ -39,6 +40,8 @@ TF_CONFIG = "TF_CONFIG"
 DEFAULT_CLUSTER_TIMEOUT = 60
 #: the job names imgclf trains with; a parameter-server cluster ("ps", "evaluator") is not supported
 TRAINING_JOBS = ("chief", "worker")
+#: a non-chief worker's own temporary folder: SCRATCH_PREFIX + its pid + "-" + random
+SCRATCH_PREFIX = "imgclf-worker-"
 
 
 class Mode(str, Enum):
@@ -250,7 +253,8 @@ class Distribution:
             return root
         from imgclf import registry
 
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"imgclf-{self.cluster.tasks[self.cluster.me].replace(':', '')}-"))
+        _remove_stale_scratch(registry.pid_alive)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         if resume:
             src = root / registry.STAGING / resume
             if not (src / "run.json").is_file():
@@ -300,6 +304,9 @@ class Distribution:
                 shutdown_barrier_timeout_in_ms=timeout * 1000,
                 coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
                     name=j, num_tasks=len(cluster.raw["cluster"][j])) for j in jobs])
+        # TensorFlow waits for missing workers without end (and ignores SIGTERM meanwhile): a watchdog
+        # ends this process with a one-line error when the cluster has not formed in time
+        watchdog = self._watchdog() if cluster is not None and cluster.size > 1 else None
         try:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         except Exception as e:  # noqa: BLE001 - TensorFlow's start-up errors come in many types
@@ -313,7 +320,16 @@ class Distribution:
             first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
             where = cluster.name(cluster.me) if cluster else "the worker"
             raise ClusterError(f"{TF_CONFIG}: could not start {where}: {first[:300]}") from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         return self
+
+    def _watchdog(self) -> "_Watchdog":
+        cluster = self.cluster
+        others = [i for i in range(cluster.size) if i != cluster.me]
+        return _Watchdog(self.timeout, [cluster.name(i) for i in others], [cluster.addresses[i] for i in others],
+                         self.scratch)
 
     # -- checks and failures
     def check_same_data(self, fingerprint: str, data) -> None:
@@ -360,9 +376,13 @@ class Distribution:
         lost = sorted({self._task_number(t, i) for t, i in re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)",
                                                                         text)} - {None, self.cluster.me})
         who = ", ".join(self.cluster.name(i) for i in lost) if lost else "a worker"
-        if "heartbeat" in text or "unhealthy" in text or "crashed" in text:
+        low = text.lower()
+        if "heartbeat" in low or "unhealthy" in low or "crashed" in low:
             why = f"stopped responding (no heartbeat within --cluster-timeout {self.timeout} s)"
-        elif "register" in text.lower() or "barrier" in text.lower():
+        elif any(w in low for w in ("connection reset", "socket closed", "connection refused", "failed to connect",
+                                    "broken pipe", "end of file")):
+            why = "closed its connection (its process ended or was killed)"
+        elif "register" in low or "barrier" in low:
             why = f"did not join the cluster within --cluster-timeout {self.timeout} s"
         else:
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -401,6 +421,73 @@ def _keras_trainer():
         raise ClusterError(f"keras {keras.__version__} cannot train with --distribute multi-worker: "
                            f"keras.src.backend.tensorflow.trainer lacks {', '.join(missing)}")
     return trainer
+
+
+class _Watchdog:
+    """A tiny helper process (no TensorFlow) that waits `timeout` seconds for `cancel`. While TensorFlow
+    waits for the cluster it holds Python's lock (no thread of ours could run) and ignores SIGTERM; if
+    the cluster has not formed in time the helper names the missing workers in one error line on our
+    stderr, removes our scratch folder and ends this process with SIGKILL."""
+
+    def __init__(self, timeout: int, names: List[str], addresses: List[str], scratch: Optional[Path]):
+        import subprocess
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                             env.get("PYTHONPATH", "")])
+        args = json.dumps({"pid": os.getpid(), "timeout": timeout, "names": names, "addresses": addresses,
+                           "scratch": str(scratch) if scratch else None})
+        self.proc = subprocess.Popen([sys.executable, "-c", "from imgclf.distribute import _watchdog_main; "
+                                      "_watchdog_main()", args], stdin=subprocess.PIPE, env=env)
+
+    def cancel(self) -> None:
+        try:
+            self.proc.stdin.close()   # EOF: the cluster formed (or failed with an error of its own)
+        except OSError:
+            pass
+        self.proc.wait()
+
+
+def _watchdog_main() -> None:
+    import select
+    import signal
+
+    args = json.loads(sys.argv[1])
+    ready, _, _ = select.select([sys.stdin], [], [], args["timeout"])
+    if ready:
+        return   # cancelled, or our parent ended
+    silent = [n for n, a in zip(args["names"], args["addresses"]) if not _listening(a)]
+    if silent:
+        text = f"{', '.join(silent)} never showed up (nothing listens at its address)"
+    else:
+        text = (f"{', '.join(args['names'])} did not join this cluster (is {TF_CONFIG}'s cluster the same on "
+                f"every worker?)")
+    sys.stderr.write(f"error: {TF_CONFIG}: {text} within --cluster-timeout {args['timeout']} s\n")
+    sys.stderr.flush()
+    if args["scratch"]:
+        shutil.rmtree(args["scratch"], ignore_errors=True)
+    os.kill(args["pid"], signal.SIGKILL)
+
+
+def _remove_stale_scratch(pid_alive) -> None:
+    """Scratch folders of earlier non-chief workers whose process was killed (SIGKILL skips `close`)."""
+    for p in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = p.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        try:
+            mine = p.is_dir() and (not hasattr(os, "getuid") or p.stat().st_uid == os.getuid())
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def data_fingerprint(file_fingerprint: str, class_names: List[str], counts: List[int], spec: dict) -> str:
