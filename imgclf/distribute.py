@@ -387,6 +387,7 @@ class Distribution:
         else:
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             why = f"failed ({first[:200]})"
+        _end_quickly_at_exit(ClusterError.exit_code)
         return ClusterError(f"lost {who}: {why}{resume_hint}")
 
     def resume_hint(self, run, registry_dir=None) -> str:
@@ -467,6 +468,23 @@ def _watchdog_main() -> None:
     if args["scratch"]:
         shutil.rmtree(args["scratch"], ignore_errors=True)
     os.kill(args["pid"], signal.SIGKILL)
+
+
+def _end_quickly_at_exit(code: int) -> None:
+    """After a lost worker TensorFlow's runtime is broken: the interpreter's teardown then printed a
+    traceback from a thread pool's __del__ (and may wait on the dead peer). Once the error line is out,
+    end the process at exit without that teardown."""
+    import atexit
+
+    def end():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    atexit.register(end)
 
 
 def _remove_stale_scratch(pid_alive) -> None:

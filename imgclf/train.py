@@ -135,7 +135,8 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
 
     keras = import_keras()
     dist.start()  # before any other TensorFlow op
-    reporter.info(dist.summary(cfg.batch_size))
+    if dist.strategy is not None:
+        reporter.info(dist.summary(cfg.batch_size))
     dist.check_same_data(distribute.data_fingerprint(
         fingerprint([p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]),
         splits.class_names, [len(d.samples) if d is not None else -1 for d in (splits.train, splits.val, splits.test)],
