@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from imgclf.distribute import DEFAULT_CLUSTER_TIMEOUT, Mode as DistributeMode  # no TensorFlow at import
 from imgclf.errors import ImgclfError
 
 app = typer.Typer(
@@ -41,13 +42,6 @@ class OutFormat(str, Enum):
 class TableOrJson(str, Enum):
     table = "table"
     json = "json"
-
-
-class DistributeChoice(str, Enum):  # imgclf/distribute.py Mode
-    auto = "auto"
-    none = "none"
-    mirrored = "mirrored"
-    multi_worker = "multi-worker"
 
 
 def _fail(message: str, code: int) -> None:
@@ -214,10 +208,10 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                                 "exports stay float32."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
-          distribute: DistributeChoice = typer.Option(
-              DistributeChoice.auto, "--distribute", help="auto (several GPUs: mirrored; TF_CONFIG naming "
+          distribute: DistributeMode = typer.Option(
+              DistributeMode.auto, "--distribute", help="auto (several GPUs: mirrored; TF_CONFIG naming "
               "several workers: multi-worker) | none | mirrored | multi-worker. See docs/distributed.md."),
-          cluster_timeout: int = typer.Option(60, "--cluster-timeout", metavar="SECONDS",
+          cluster_timeout: int = typer.Option(DEFAULT_CLUSTER_TIMEOUT, "--cluster-timeout", metavar="SECONDS",
                                               help="Multi-worker: fail when a worker has not joined, or has "
                                                    "stopped responding, for this long."),
           registry: Optional[Path] = RegistryOpt,
