@@ -23,7 +23,8 @@ app = typer.Typer(
     help="Image classifiers from a folder of class folders: split, augment, train, evaluate, predict, "
          "export to ONNX, and a model registry on disk.",
     context_settings={"help_option_names": ["-h", "--help"]})
-models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, tag and remove models.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, tag and remove models, "
+                                                     "write model cards.")
 app.add_typer(models_app, name="models")
 
 RegistryOpt = typer.Option(None, "--registry", envvar="IMGCLF_HOME", metavar="DIR",
@@ -245,14 +246,27 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG
              backend: str = typer.Option("auto", help="auto | keras | onnx."),
              format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
              force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+             html: bool = typer.Option(True, "--html/--no-html", help="Write report.html, one self-contained "
+                                                                      "page (default) or not."),
+             open_report: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
+             report_images: int = typer.Option(200, "--report-images", metavar="N",
+                                               help="Thumbnails inlined in report.html (mistakes first); the "
+                                                    "other images are listed by path."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images, and report.html."""
     from imgclf import registry as reg
     from imgclf.evaluate import evaluate as run_eval
 
+    if open_report and not html:
+        from imgclf.errors import UsageError
+        raise UsageError("--open needs the report: drop --no-html")
     ref = reg.resolve(registry, model)
     rep = _reporter(quiet)
-    report = run_eval(ref, data, out=out, backend=backend, force=force, reporter=rep)
+    report = run_eval(ref, data, out=out, backend=backend, force=force, reporter=rep, html=html,
+                      report_images=report_images)
+    if open_report:
+        from imgclf.report import open_in_browser
+        open_in_browser(report["report_html"], rep)
     if format == TableOrJson.json:
         _print_json(report)
         return
@@ -271,6 +285,8 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG
                     [[m["path"], m["true"], m["predicted"], f"{m['confidence']:.3f}"] for m in worst])
     rep.info(f"wrote {', '.join(('metrics.json', 'confusion_matrix.csv/.png', 'misclassified.csv/.png'))} "
              f"to {report['outputs']}")
+    if html:
+        out_console.print(f"report: {report['report_html']}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- predict
@@ -410,6 +426,23 @@ def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, 
 
     ref = reg.resolve(registry, model)
     _print_json(dict(ref.metadata, path=str(ref.path)))
+
+
+@models_app.command("card")
+@handle_errors
+def models_card(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a model folder."),
+                out: Optional[Path] = typer.Option(None, help="Where to write it (a file or a folder; - for "
+                                                              "stdout). Default: MODEL_CARD.md in the model's "
+                                                              "version folder."),
+                force: bool = typer.Option(False, "--force", help="Overwrite an existing card."),
+                registry: Optional[Path] = RegistryOpt):
+    """Write MODEL_CARD.md: intended use, classes, training data, configuration, metrics, weak classes, files."""
+    from imgclf import registry as reg
+    from imgclf.modelcard import write_card
+
+    path = write_card(reg.resolve(registry, model), out=out, force=force)
+    if path is not None:
+        sys.stdout.write(f"{path}\n")
 
 
 @models_app.command("rm")

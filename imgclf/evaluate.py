@@ -32,16 +32,18 @@ def evaluation_folder(data) -> Path:
 
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None) -> dict:
+             force: bool = False, reporter=None, html: bool = True, report_images: int = 200) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from imgclf.plots import confusion_matrix_png, misclassified_png
 
+    if report_images < 0:
+        raise UsageError(f"--report-images must be 0 or more, got {report_images}")
     folder = evaluation_folder(data)
     user_out = out is not None
     out = Path(out) if out else (ref.path / "evaluation")
     if user_out and not force:
-        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+        clash = [f for f in OUTPUT_FILES + (("report.html",) if html else ()) if (out / f).exists()]
         if clash:
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
@@ -103,4 +105,10 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
                                                   "macro_f1": report["macro_f1"], "images": report["images"],
                                                   "outputs": str(out)})
+    if html:
+        from imgclf.report import write_report
+        report["report_html"] = str(write_report(
+            out, report, paths=d.paths, true=y, pred=pred, confidence=probs[np.arange(len(y)), pred],
+            metadata=ref.metadata, model_dir=None if ref.onnx_only else ref.path,
+            problems=list(ds.problems) + list(d.problems), max_images=report_images))
     return report

@@ -307,6 +307,8 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], r
             metrics[f"{split_name}_loss"], metrics[f"{split_name}_accuracy"] = float(loss), float(acc)
 
     model.save(staging / registry.KERAS_FILE)
+    from imgclf.plots import curves_png
+    curves_png(staging / registry.CURVES, history, title=f"{name}: loss and accuracy per epoch")
     sample_source = (te if te is not None else va if va is not None else tr)
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(sample_source.paths), size=min(N_SAMPLE_PATHS, len(sample_source.paths)), replace=False)
