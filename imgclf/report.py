@@ -579,8 +579,11 @@ def _compare(compare: dict, compare_thumbs: Dict[int, dict]) -> str:
 
 def pick_thumbnails(true: np.ndarray, pred: np.ndarray, order_wrong: np.ndarray, budget: int) -> List[int]:
     """Which images get a thumbnail: the mistakes in the given order (most confident first), then, while the
-    budget lasts, correct images taken in turn from each class, so every cell has pictures."""
-    chosen = [int(i) for i in order_wrong[:budget]]
+    budget lasts, correct images taken in turn from each class, so every cell has pictures. A tenth of the
+    budget is kept for correct images even when there are more mistakes than thumbnails: what a class
+    looks like when the model gets it right is part of reading its mistakes."""
+    n_correct = int(np.sum(true == pred))
+    chosen = [int(i) for i in order_wrong[:budget - min(budget // 10, n_correct)]]
     left = budget - len(chosen)
     if left > 0:
         per_class = [list(np.flatnonzero((true == c) & (pred == c))) for c in range(int(true.max(initial=-1)) + 1)]
