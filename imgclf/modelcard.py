@@ -272,11 +272,7 @@ def build_card(ref: registry.ModelRef) -> str:
 
 
 def _tags(ref: registry.ModelRef) -> dict:
-    p = ref.path.parent / "tags.json"
-    try:
-        tags = registry.read_json(p) if p.is_file() else {}
-    except (OSError, ValueError):
-        return {}
+    tags = registry.tags(ref.path.parent.parent, ref.metadata.get("name", ""))
     return {k: v for k, v in tags.items() if str(v) == str(ref.metadata.get("version"))}
 
 

@@ -85,7 +85,7 @@ def _png_uri(data: bytes) -> str:
 
 def thumbnails(paths: Sequence[str], max_side: int = THUMB_PX) -> List[Optional[dict]]:
     """{"src": data URI, "w", "h"} per path (None for a file that can no longer be decoded), in order."""
-    from imgclf.data.pipeline import map_in_order
+    from imgclf.data.files import map_in_order
     from imgclf.errors import ImageError
     from imgclf.preprocessing import load_thumbnail
 
