@@ -611,13 +611,15 @@ def build_report(report: dict, *, paths: Sequence[str], true: Sequence[int], pre
     wrong = wrong[np.argsort(-conf_a[wrong], kind="stable")]
     chosen = pick_thumbnails(true_a, pred_a, wrong, max(0, int(max_images)))
     decoded = thumbnails([paths[i] for i in chosen])
+    wrong_set = set(int(i) for i in wrong)
     thumb_of: Dict[int, int] = {}     # image index -> thumbnail number
-    thumbs: List[Optional[dict]] = []
+    thumbs: List[dict] = []
+    script_thumbs: List[Optional[str]] = []   # by thumbnail number; None: the script takes it from the gallery
     for i, t in zip(chosen, decoded):
         if t is not None:
             thumb_of[i] = len(thumbs)
             thumbs.append(t)
-    wrong_set = set(int(i) for i in wrong)
+            script_thumbs.append(None if i in wrong_set else t["src"])
     names = report["class_names"]
     mistakes = [{"index": int(i), "path": paths[i], "true": names[true_a[i]], "predicted": names[pred_a[i]],
                  "confidence": float(conf_a[i]), "thumb": thumb_of.get(int(i), -1)} for i in wrong]
@@ -627,11 +629,9 @@ def build_report(report: dict, *, paths: Sequence[str], true: Sequence[int], pre
         "images": [[_relpath(paths[i], root), int(true_a[i]), int(pred_a[i]), round(float(conf_a[i]), 4),
                     thumb_of.get(i, -1)] for i in range(len(paths))],
         # the mistakes' pictures are in the gallery already (the script takes them from there: id t<N>)
-        "thumbs": [None if i in wrong_set else thumbs[k]["src"] for i, k in thumb_of.items()],
+        "thumbs": script_thumbs,
         "small": [max(t["w"], t["h"]) < 64 for t in thumbs],
     }
-    # thumb_of is in insertion order = thumbnail number order
-    assert list(thumb_of.values()) == list(range(len(thumbs)))
     when = when or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     weak = weakest(report.get("per_class", []))
     sections = [("summary", "Summary", _summary(report, meta, weak)),
