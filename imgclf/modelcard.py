@@ -118,7 +118,7 @@ def build_card(ref: registry.ModelRef) -> str:
         out += ["model-index:", f"- name: {_yaml_str(label)}", "  results:",
                 "  - task: {type: image-classification}",
                 f"    dataset: {{name: {_yaml_str(ev.get('data') or ds.get('source'))}, type: imagefolder}}",
-                f"    metrics:", f"    - {{type: accuracy, value: {float(best):.4f}, name: {_yaml_str(src)}}}"]
+                "    metrics:", f"    - {{type: accuracy, value: {float(best):.4f}, name: {_yaml_str(src)}}}"]
     out += ["---", "", f"# Model card: {md(label)}", ""]
     out.append(f"An image classifier made with imgclf: {md(meta.get('arch'))}, {len(classes)} classes, input "
                f"{md(size)} px with {md(channels)} channel(s). Trained {md(str(meta.get('created', ''))[:19])} UTC "
