@@ -205,6 +205,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           class_weight: str = typer.Option("none", help="auto (inverse class frequency) | none."),
           mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute (for GPUs); "
                                                                                 "exports stay float32."),
+          calibrate: str = typer.Option("temperature", help="temperature (fit the confidence on the val "
+                                                            "split) | none."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
           registry: Optional[Path] = RegistryOpt,
@@ -223,7 +225,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                       lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                       alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                       class_weight=class_weight, augment=aug, augment_policy=augment,
-                      mixed_precision=mixed_precision)
+                      mixed_precision=mixed_precision, calibrate=calibrate)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
     summary = {"name": meta["name"], "version": meta["version"], "path": meta["path"], "metrics": meta["metrics"]}
     if format == TableOrJson.json:
@@ -245,14 +247,19 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG
              backend: str = typer.Option("auto", help="auto | keras | onnx."),
              format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
              force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+             target_accuracy: Optional[float] = typer.Option(None, metavar="A", help="Also find the lowest "
+                                                             "confidence threshold that reaches accuracy A on "
+                                                             "this data (for predict --min-confidence)."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix, misclassified images, calibration (ECE,
+    NLL, Brier) and risk-coverage."""
     from imgclf import registry as reg
     from imgclf.evaluate import evaluate as run_eval
 
     ref = reg.resolve(registry, model)
     rep = _reporter(quiet)
-    report = run_eval(ref, data, out=out, backend=backend, force=force, reporter=rep)
+    report = run_eval(ref, data, out=out, backend=backend, force=force, reporter=rep,
+                      target_accuracy=target_accuracy)
     if format == TableOrJson.json:
         _print_json(report)
         return
@@ -269,8 +276,10 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG
         print_table(f"most confident mistakes ({len(report['misclassified'])} in all)",
                     ["path", "true", "predicted", "confidence"],
                     [[m["path"], m["true"], m["predicted"], f"{m['confidence']:.3f}"] for m in worst])
-    rep.info(f"wrote {', '.join(('metrics.json', 'confusion_matrix.csv/.png', 'misclassified.csv/.png'))} "
-             f"to {report['outputs']}")
+    from imgclf.console import print_calibration
+    print_calibration(report)
+    rep.info(f"wrote {', '.join(('metrics.json', 'confusion_matrix.csv/.png', 'misclassified.csv/.png'))}, "
+             f"reliability.png, risk_coverage.png to {report['outputs']}")
 
 
 # --------------------------------------------------------------------------------------------- predict
@@ -287,17 +296,23 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
                                                                               "else jsonl)."),
             backend: str = typer.Option("auto", help="auto (ONNX when exported) | keras | onnx."),
             batch_size: int = typer.Option(32, help="Images per batch."),
+            min_confidence: Optional[float] = typer.Option(None, metavar="P", help="Abstain below this top "
+                                                           "probability: label null (\"uncertain\" in the "
+                                                           "table), abstained true; not an error."),
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
     from imgclf import registry as reg
+    from imgclf.calibration import check_probability
     from imgclf.predict import expand_inputs, load_classifier, predict_batches
 
     if top_k < 1:
         from imgclf.errors import UsageError
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    check_probability("min-confidence", min_confidence)
     fmt = format.value if format else ("table" if sys.stdout.isatty() else "jsonl")
     clf = load_classifier(reg.resolve(registry, model), backend)
-    batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
+    batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size,
+                              min_confidence=min_confidence)
     failed = total = 0
     out = sys.stdout
     # jsonl and csv stream: each batch is written and flushed as soon as the model has classified it
@@ -312,11 +327,12 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
         w = csv.writer(out)
         for rows in batches:
             if not total:
-                w.writerow(["path", "label", "confidence", "top_k", "error"])
+                w.writerow(["path", "label", "confidence", "top_k", "error", "abstained"])
             total += len(rows)
             failed += sum(r["error"] is not None for r in rows)
             w.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
-                         ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
+                         ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or "",
+                         "true" if r["abstained"] else "false"]
                         for r in rows)
             out.flush()
     else:
@@ -327,7 +343,7 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
         elif rows:
             from imgclf.console import print_table
             print_table(None, ["path", "label", "confidence", f"top {top_k}"],
-                        [[r["path"], r["label"] or f"error: {r['error']}",
+                        [[r["path"], "uncertain" if r["abstained"] else r["label"] or f"error: {r['error']}",
                           "" if r["confidence"] is None else f"{r['confidence']:.3f}",
                           ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])] for r in rows])
     if not total:

@@ -29,6 +29,8 @@ AUGMENT_POLICIES = {
     "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25),
 }
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
+#: `imgclf train --calibrate`: temperature scaling fitted on the validation split, or none (see calibration.py)
+CALIBRATION_METHODS = ("temperature", "none")
 
 
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
@@ -93,6 +95,7 @@ class TrainConfig:
     augment_policy: str = "none"
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
+    calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -110,6 +113,8 @@ class TrainConfig:
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
         if self.class_weight not in ("auto", "none"):
             raise UsageError(f"--class-weight must be auto or none, got {self.class_weight!r}")
+        if self.calibrate not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibrate must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibrate!r}")
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()

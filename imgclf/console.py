@@ -104,3 +104,27 @@ def print_confusion(class_names: Sequence[str], matrix, console: Console = None)
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def print_calibration(report: dict, console: Console = None):
+    """`imgclf evaluate`: calibration before/after, the risk-coverage table and the --target-accuracy answer."""
+    console = console or out_console
+    cal = report["calibration"]
+    print_table(f"confidence calibration (temperature {cal['temperature']:.3f})", ["metric", "uncalibrated",
+                                                                                    "calibrated"],
+                [[f"ECE ({cal['bins']} bins)", f"{cal['ece_uncalibrated']:.4f}", f"{cal['ece']:.4f}"],
+                 ["NLL", f"{cal['nll_uncalibrated']:.4f}", f"{cal['nll']:.4f}"],
+                 ["Brier", f"{cal['brier_uncalibrated']:.4f}", f"{cal['brier']:.4f}"]], console=console)
+    print_table("risk-coverage (images whose top probability >= threshold)", ["threshold", "coverage", "accuracy"],
+                [[f"{r['threshold']:.2f}", f"{r['coverage']:.3f}",
+                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in report["risk_coverage"]],
+                console=console)
+    target = report.get("target_accuracy")
+    if target:
+        if target["threshold"] is None:
+            console.print(f"no confidence threshold reaches accuracy {target['target']:.4f} on this data",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print(f"accuracy {target['target']:.4f}: lowest threshold {target['threshold']:.6f} keeps "
+                          f"{target['coverage']:.1%} of the images (accuracy {target['accuracy']:.4f} on them)",
+                          markup=False, soft_wrap=True)

@@ -17,7 +17,7 @@ from imgclf.errors import DataError, UsageError
 from imgclf.predict import load_classifier, predict_probabilities
 
 OUTPUT_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
-                "misclassified.png")
+                "misclassified.png", "reliability.png", "risk_coverage.png")
 
 
 def evaluation_folder(data) -> Path:
@@ -32,10 +32,13 @@ def evaluation_folder(data) -> Path:
 
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None) -> dict:
+             force: bool = False, reporter=None, target_accuracy: Optional[float] = None) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from imgclf.plots import confusion_matrix_png, misclassified_png
+    from imgclf.calibration import check_probability, evaluation_report
+    from imgclf.plots import confusion_matrix_png, misclassified_png, reliability_png, risk_coverage_png
+
+    check_probability("target-accuracy", target_accuracy)
 
     folder = evaluation_folder(data)
     user_out = out is not None
@@ -61,9 +64,11 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         d = decode(ds.paths, ds.labels, clf.spec)
     if not len(d.labels):
         raise DataError(f"{folder}: no decodable images to evaluate")
-    probs = predict_probabilities(clf, np.asarray(d.pixels))
-    pred = probs.argmax(axis=1)
     y = d.labels
+    # every figure below uses the calibrated probabilities (the model's temperature; the label is the same)
+    raw = predict_probabilities(clf, np.asarray(d.pixels), calibrated=False)
+    confidence_report, probs = evaluation_report(raw, y, clf.temperature, target_accuracy)
+    pred = probs.argmax(axis=1)
     k = len(class_names)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=list(range(k)),
@@ -81,7 +86,8 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         "model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend, "images": int(len(y)),
         "skipped": len(ds.problems) + len(d.problems), "accuracy": round(accuracy, 6),
         "macro_f1": round(float(np.mean(f1)), 6), "class_names": class_names,
-        "per_class": per_class, "confusion_matrix": cm.tolist(), "misclassified": misclassified,
+        "per_class": per_class, "confusion_matrix": cm.tolist(), **confidence_report,
+        "misclassified": misclassified,
     }
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.json", "w", encoding="utf-8") as f:
@@ -98,9 +104,11 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         w.writerows(misclassified)
     confusion_matrix_png(out / "confusion_matrix.png", class_names, cm)
     misclassified_png(out / "misclassified.png", misclassified, [d.pixels[i] for i in wrong[:25]])
+    reliability_png(out / "reliability.png", report["reliability"], report["calibration"])
+    risk_coverage_png(out / "risk_coverage.png", probs, y, report["risk_coverage"], report.get("target_accuracy"))
     report["outputs"] = str(out)
     if not ref.onnx_only:
         registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
                                                   "macro_f1": report["macro_f1"], "images": report["images"],
-                                                  "outputs": str(out)})
+                                                  "ece": report["calibration"]["ece"], "outputs": str(out)})
     return report

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from imgclf.calibration import apply_temperature, temperature_of
 from imgclf.errors import ImageError, UsageError
 from imgclf.data.pipeline import InOrderMapper
 from imgclf.preprocessing import PreprocessingSpec, load_image
@@ -25,7 +26,8 @@ BACKENDS = ("auto", "keras", "onnx")
 
 
 class Classifier:
-    """probabilities = classifier(uint8 batch of spec.shape images)."""
+    """probabilities = classifier(uint8 batch of spec.shape images): calibrated with the model's temperature
+    (calibration.py; T = 1 for models without one)."""
 
     backend = "?"
 
@@ -33,8 +35,12 @@ class Classifier:
         self.ref = ref
         self.spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
         self.class_names: List[str] = list(ref.metadata["class_names"])
+        self.temperature = temperature_of(ref.metadata)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.probabilities(batch, calibrated=True)
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -54,9 +60,17 @@ class OnnxClassifier(Classifier):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(ref.onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # exports since calibration hold T inside the graph (recorded in their metadata); older ones give
+        # uncalibrated probabilities (T = 1)
+        import json
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        onnx_meta = json.loads(self.session.get_modelmeta().custom_metadata_map.get("imgclf", "{}"))
+        self.graph_temperature = temperature_of(onnx_meta)
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        # the graph applied graph_temperature; softmax(log p / T) composes: T_a then T_b = T_a * T_b
+        return apply_temperature(out, (self.temperature if calibrated else 1.0) / self.graph_temperature)
 
 
 class KerasClassifier(Classifier):
@@ -71,9 +85,10 @@ class KerasClassifier(Classifier):
 
         self.model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core
-        return np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        out = np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        return apply_temperature(out, self.temperature) if calibrated else out
 
 
 def load_classifier(ref: ModelRef, backend: str = "auto") -> Classifier:
@@ -105,19 +120,24 @@ def expand_inputs(items: Sequence[str], stdin=None) -> Iterator[str]:
             yield item
 
 
-def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [clf(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64,
+                          calibrated: bool = True) -> np.ndarray:
+    out = [clf.probabilities(pixels[i:i + batch_size], calibrated) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)
 
 
-def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int) -> List[dict]:
-    """One result row per image, for a whole batch at once (sorting and rounding in NumPy)."""
+def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int,
+          min_confidence: Optional[float] = None) -> List[dict]:
+    """One result row per image, for a whole batch at once (sorting and rounding in NumPy). Below
+    `min_confidence` the row abstains: label None, abstained True (confidence and top_k still given)."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    best = np.take_along_axis(probs, order[:, :1], axis=1)[:, 0]
+    abstained = (best < min_confidence).tolist() if min_confidence is not None else [False] * len(paths)
     top = np.round(np.take_along_axis(probs, order, axis=1).astype(np.float64), 6).tolist()
     names = [[class_names[i] for i in row] for row in order.tolist()]
-    return [{"path": path, "label": n[0], "confidence": p[0],
-             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None}
-            for path, n, p in zip(paths, names, top)]
+    return [{"path": path, "label": None if a_ else n[0], "confidence": p[0],
+             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None, "abstained": a_}
+            for path, n, p, a_ in zip(paths, names, top, abstained)]
 
 
 class _Failure:
@@ -128,9 +148,10 @@ class _Failure:
 
 
 def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
-                    workers: Optional[int] = None) -> Iterator[List[dict]]:
+                    workers: Optional[int] = None, min_confidence: Optional[float] = None) -> Iterator[List[dict]]:
     """Yield lists of result rows (one per path, in input order; an unusable image gets a row with
-    `error` set), a list per model call: a writer can flush once a batch, not once a line.
+    `error` set; one whose top probability is below `min_confidence` abstains), a list per model call:
+    a writer can flush once a batch, not once a line.
 
     Three kinds of work overlap:
     - a reader thread takes paths from `paths` as they come (a slow stdin included), at most
@@ -191,11 +212,13 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
         batch, loaded, good, future = job
         rows: List[Optional[dict]] = [None] * len(batch)
         if future is not None:
-            for i, row in zip(good, _rows([batch[i] for i in good], future.result(), clf.class_names, top_k)):
+            scored = _rows([batch[i] for i in good], future.result(), clf.class_names, top_k, min_confidence)
+            for i, row in zip(good, scored):
                 rows[i] = row
         for i, (p, (_, err)) in enumerate(zip(batch, loaded)):
             if err is not None:
-                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err}
+                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err,
+                           "abstained": False}
         return rows
 
     in_flight: "deque" = deque()  # submitted batches, oldest first

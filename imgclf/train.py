@@ -306,6 +306,9 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], r
             loss, acc = model.evaluate(make_dataset(d.pixels, d.labels, cfg.batch_size), verbose=0)
             metrics[f"{split_name}_loss"], metrics[f"{split_name}_accuracy"] = float(loss), float(acc)
 
+    from imgclf.calibration import calibrate_keras_model
+    calibration = calibrate_keras_model(model, va, cfg.calibrate, cfg.batch_size, reporter)
+
     model.save(staging / registry.KERAS_FILE)
     sample_source = (te if te is not None else va if va is not None else tr)
     rng = np.random.default_rng(cfg.seed)
@@ -329,6 +332,7 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], r
             "train": _summary(splits.train, tr), "val": _summary(splits.val, va), "test": _summary(splits.test, te),
         },
         "metrics": metrics,
+        "calibration": calibration,
         "sample_paths": [os.path.abspath(sample_source.paths[i]) for i in sorted(picks)],
         "library_versions": library_versions(),
     }
