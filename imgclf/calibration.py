@@ -70,7 +70,8 @@ def _as_arrays(probs, labels):
 def nll(probs, labels) -> float:
     """Mean negative log-likelihood of the true class."""
     p, y = _as_arrays(probs, labels)
-    return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], FLOOR)))) if len(y) else 0.0
+    # + 0.0: no "-0.0" when every true class gets probability 1
+    return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], FLOOR)))) + 0.0 if len(y) else 0.0
 
 
 def brier(probs, labels) -> float:
@@ -159,15 +160,22 @@ def calibration_record(raw_probs, labels, method: str = "temperature", fitted_on
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}")
     n = int(len(labels))
-    t = fit_temperature(raw_probs, labels) if method == "temperature" else 1.0
+    fitted = fit_temperature(raw_probs, labels) if method == "temperature" else 1.0
+    # at a search limit the NLL has no minimum inside: typically every validation image is right, and the NLL
+    # only falls as T -> 0 (every probability pushed to 1). Such a T says nothing about new data: keep T = 1.
+    at_limit = method == "temperature" and not (T_MIN * 1.001 < fitted < T_MAX / 1.001)
+    t = 1.0 if at_limit else fitted
     cal = apply_temperature(np.asarray(raw_probs, dtype=np.float64), t)
-    return {
+    record = {
         "method": method, "temperature": round(t, 6), "fitted_on": fitted_on, "images": n,
-        "at_limit": method == "temperature" and not (T_MIN * 1.001 < t < T_MAX / 1.001),
         "nll_uncalibrated": round(nll(raw_probs, labels), 6), "nll": round(nll(cal, labels), 6),
         "ece_uncalibrated": round(ece(raw_probs, labels), 6), "ece": round(ece(cal, labels), 6),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if at_limit:
+        record.update(fitted_temperature=round(fitted, 6),
+                      reason=f"the fit ended at its search limit ({T_MIN} or {T_MAX}); T = 1 kept")
+    return record
 
 
 def calibrate_keras_model(model, val, method: str = "temperature", batch_size: int = 64, reporter=None) -> dict:
@@ -184,16 +192,17 @@ def calibrate_keras_model(model, val, method: str = "temperature", batch_size: i
                                            training=False), dtype=np.float32)
                           for i in range(0, len(labels), batch_size)])
     record = calibration_record(raw, labels, method)
-    if reporter:
+    if reporter and "reason" in record:
+        reporter.warn(f"the temperature fit on {record['images']} validation images ended at its search limit "
+                      f"(T = {record['fitted_temperature']:g}): too few images, or all classified right; "
+                      "keeping T = 1")
+    elif reporter:
         reporter.info(f"calibrated on {record['images']} validation images: temperature {record['temperature']:.3f} "
                       f"(NLL {record['nll_uncalibrated']:.4f} -> {record['nll']:.4f}, "
                       f"ECE {record['ece_uncalibrated']:.4f} -> {record['ece']:.4f})")
         if record["images"] < FEW_IMAGES:
             reporter.warn(f"the temperature was fitted on only {record['images']} validation images; "
                           "it may not hold on new data")
-        if record["at_limit"]:
-            reporter.warn(f"the temperature stopped at its search limit ({T_MIN} or {T_MAX}): the validation "
-                          "images are too few or too easy to fit it")
     return record
 
 

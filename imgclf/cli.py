@@ -359,6 +359,35 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------------------------- compare
+@app.command()
+@handle_errors
+def compare(model_a: str = typer.Argument(..., help="Model A (e.g. the one in production): NAME:VERSION, "
+                                                    "NAME:TAG, or a path."),
+            model_b: str = typer.Argument(..., help="Model B (e.g. the candidate)."),
+            data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
+            out: Optional[Path] = typer.Option(None, help="Folder for compare.json, disagreements.csv/.png "
+                                                          "(default: B's registry folder, compare/A/)."),
+            backend: str = typer.Option("auto", help="auto | keras | onnx."),
+            format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
+            force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
+    """Compare two models image by image: accuracies, per-class recall, the images only one gets right,
+    McNemar's exact test."""
+    from imgclf import registry as reg
+    from imgclf.compare import compare_models
+
+    rep = _reporter(quiet)
+    report = compare_models(reg.resolve(registry, model_a), reg.resolve(registry, model_b), data, out=out,
+                            backend=backend, force=force, reporter=rep)
+    if format == TableOrJson.json:
+        _print_json(report)
+        return
+    from imgclf.console import print_compare
+    print_compare(report)
+    rep.info(f"wrote compare.json, disagreements.csv, disagreements.png to {report['outputs']}")
+
+
 # ---------------------------------------------------------------------------------------------- export
 @app.command()
 @handle_errors
@@ -472,11 +501,28 @@ def models_clean(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask
 @handle_errors
 def models_tag(model: str = typer.Argument(..., help="NAME:VERSION to tag."),
                alias: str = typer.Argument(..., help="Tag, used as NAME:TAG (e.g. prod)."),
-               registry: Optional[Path] = RegistryOpt):
+               gate: Optional[Path] = typer.Option(None, metavar="DATA", help="Move the tag only if the model, "
+                                                   "compared on DATA with the version holding the tag, passes "
+                                                   "the limits below (else exit 1, tag unchanged)."),
+               max_regressions: Optional[int] = typer.Option(None, metavar="N", help="--gate: at most N images "
+                                                             "the current version gets right may turn wrong "
+                                                             "(default: no limit)."),
+               min_accuracy_delta: float = typer.Option(0.0, metavar="D", help="--gate: the accuracy may fall "
+                                                        "by at most D (default 0: at least as accurate; "
+                                                        "negative: must gain -D)."),
+               registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Give a model version an alias: NAME:ALIAS then resolves to it."""
     from imgclf import registry as reg
 
-    ref = reg.set_tag(registry, model, alias)
+    if gate is None:
+        if max_regressions is not None or min_accuracy_delta != 0.0:
+            from imgclf.errors import UsageError
+            raise UsageError("--max-regressions and --min-accuracy-delta apply with --gate DATA only")
+        ref = reg.set_tag(registry, model, alias)
+    else:
+        from imgclf.compare import gated_tag
+        ref = reg.resolve(registry, gated_tag(registry, model, alias, gate, max_regressions, min_accuracy_delta,
+                                              reporter=_reporter(quiet))["tagged"])
     _reporter().info(f"{ref.metadata['name']}:{alias} -> version {ref.metadata['version']}")
 
 

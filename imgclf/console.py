@@ -128,3 +128,26 @@ def print_calibration(report: dict, console: Console = None):
             console.print(f"accuracy {target['target']:.4f}: lowest threshold {target['threshold']:.6f} keeps "
                           f"{target['coverage']:.1%} of the images (accuracy {target['accuracy']:.4f} on them)",
                           markup=False, soft_wrap=True)
+
+
+def print_compare(report: dict, console: Console = None, max_rows: int = 10):
+    """`imgclf compare`: both accuracies, the 2x2 agreement counts, McNemar's p, per-class recall, disagreements."""
+    console = console or out_console
+    console.print(f"A = {report['model_a']}, B = {report['model_b']} on {report['data']} ({report['images']} "
+                  f"images): accuracy A {report['accuracy_a']:.4f}, B {report['accuracy_b']:.4f} "
+                  f"({report['accuracy_delta']:+.4f})", markup=False, soft_wrap=True)
+    print_table("image by image", ["", "B right", "B wrong"],
+                [["A right", report["both_right"], report["only_a_right"]],
+                 ["A wrong", report["only_b_right"], report["both_wrong"]]], console=console)
+    console.print(f"McNemar exact test on the {report['only_a_right'] + report['only_b_right']} images only one "
+                  f"gets right: p = {report['mcnemar_p']:.4g}", markup=False, soft_wrap=True)
+    print_table("recall per class", ["class", "A", "B", "B - A"],
+                [[r["class"], "" if r["recall_a"] is None else f"{r['recall_a']:.3f}",
+                  "" if r["recall_b"] is None else f"{r['recall_b']:.3f}",
+                  "" if r["delta"] is None else f"{r['delta']:+.3f}"] for r in report["per_class"]], console=console)
+    rows = report["disagreements"]
+    if rows:
+        print_table(f"images only one model gets right ({len(rows)}; first {min(len(rows), max_rows)})",
+                    ["path", "true", "A", "B"],
+                    [[r["path"], r["true"], f"{r['pred_a']} {r['conf_a']:.3f}", f"{r['pred_b']} {r['conf_b']:.3f}"]
+                     for r in rows[:max_rows]], console=console)

@@ -32,3 +32,7 @@ class ModelNotFound(ImgclfError):
 
 class ExportError(ImgclfError):
     """ONNX export failed or the exported model disagrees with Keras."""
+
+
+class GateRefused(ImgclfError):
+    """`imgclf models tag --gate`: the candidate did not pass the comparison; the tag is unchanged."""
