@@ -138,12 +138,14 @@ def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out
         w = csv.DictWriter(f, fieldnames=["path", "true", "pred_a", "pred_b", "conf_a", "conf_b"])
         w.writeheader()
         w.writerows(disagreements)
-    shown = disagree[:25]
-    pix = d_a.pixels if clf_a.spec.channels >= clf_b.spec.channels else d_b.pixels
-    src = ia if pix is d_a.pixels else ib
-    disagreements_png(out / "disagreements.png", disagreements, [pix[src[common[i]]] for i in shown],
+    # the picture: both kinds, the first of each (at most 25 in all, at least half for the bigger group)
+    k_a = min(only_a, max(25 - only_b, 13))
+    shown = list(range(k_a)) + list(range(only_a, only_a + min(only_b, 25 - k_a)))
+    pix, src = (d_a.pixels, ia) if clf_a.spec.channels >= clf_b.spec.channels else (d_b.pixels, ib)
+    disagreements_png(out / "disagreements.png", [disagreements[j] for j in shown],
+                      [pix[src[common[disagree[j]]]] for j in shown],
                       f"A = {ref_a.label}, B = {ref_b.label}: {only_a} only A right, {only_b} only B right"
-                      + (f" (first {len(shown)})" if len(disagree) > len(shown) else ""))
+                      + (f" ({len(shown)} shown)" if len(disagree) > len(shown) else ""))
     report["outputs"] = str(out)
     return report
 
