@@ -66,11 +66,13 @@ def test_ece_brier_nll_on_known_values():
 
 
 def test_risk_coverage_and_the_lowest_threshold_for_a_target():
-    probs = np.array([[0.95, 0.05], [0.85, 0.15], [0.75, 0.25], [0.65, 0.35], [0.55, 0.45]])
+    probs = np.array([[0.9, 0.1], [0.85, 0.15], [0.75, 0.25], [0.65, 0.35], [0.55, 0.45]])
     y = np.array([0, 0, 1, 0, 1])          # right, right, wrong, right, wrong
     rows = {r["threshold"]: r for r in C.risk_coverage(probs, y)}
     assert rows[0.0] == {"threshold": 0.0, "coverage": 1.0, "accuracy": 0.6}
     assert rows[0.8] == {"threshold": 0.8, "coverage": 0.4, "accuracy": 1.0}
+    assert rows[0.9] == {"threshold": 0.9, "coverage": 0.2, "accuracy": 1.0}    # kept: top probability >= t
+    assert rows[0.95] == {"threshold": 0.95, "coverage": 0.0, "accuracy": None}
     assert rows[0.99]["coverage"] == 0.0 and rows[0.99]["accuracy"] is None
     # 3 of the top 4 right = 0.75: the lowest threshold reaching 0.75 keeps 4 images
     assert C.threshold_for_accuracy(probs, y, 0.75) == {"target": 0.75, "threshold": 0.65, "coverage": 0.8,
