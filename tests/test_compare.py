@@ -7,7 +7,6 @@ import math
 import json
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
 
