@@ -110,7 +110,11 @@ def test_train_fits_the_temperature_on_the_val_split(tmp_path, hard_data):
 
     r = cli("train", hard_data, "--registry", tmp_path, "--calibrate", "platt")
     assert r.exit_code == 2
-    assert error_line(r) == "error: --calibrate must be one of temperature, none, got 'platt'"
+    assert "Invalid value for '--calibrate'" in r.stderr and "'platt' is not one of" in r.stderr
+    from imgclf.config import TrainConfig
+    from imgclf.errors import UsageError
+    with pytest.raises(UsageError, match=r"^--calibrate must be one of temperature, none, got 'platt'$"):
+        TrainConfig(calibrate="platt").validate()
 
 
 # ------------------------------------------------------------- a deliberately overconfident model
