@@ -38,7 +38,7 @@ app = typer.Typer(
          "export to ONNX, and a model registry on disk.",
     context_settings={"help_option_names": ["-h", "--help"]})
 models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                         help="The model registry: list, show, tag and remove models.")
+                         help="The model registry: list, show, tag and remove models, write model cards.")
 app.add_typer(models_app, name="models")
 
 
@@ -277,21 +277,35 @@ def evaluate(model: str = ModelArg(),
              target_accuracy: Optional[float] = typer.Option(None, metavar="A", help="Also find the lowest "
                                                              "confidence threshold that reaches accuracy A on "
                                                              "this data (for predict --min-confidence)."),
+             html: bool = typer.Option(True, "--html/--no-html", help="Write report.html, one self-contained "
+                                                                      "page (default), or not."),
+             open_report: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
+             report_images: int = typer.Option(200, "--report-images", metavar="N",
+                                               help="Thumbnails inlined in report.html (mistakes first); the "
+                                                    "other images are listed by path."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Accuracy, per-class precision/recall/F1, confusion matrix, misclassified images, calibration (ECE,
-    NLL, Brier) and risk-coverage."""
+    NLL, Brier), risk-coverage, and report.html."""
     from imgclf import registry as reg
     from imgclf.evaluate import OUTPUT_FILES, evaluate as run_eval
 
+    if open_report and not html:
+        from imgclf.errors import UsageError
+        raise UsageError("--open needs the report: drop --no-html")
     rep = _reporter(quiet)
     report = run_eval(reg.resolve(registry, model), data, out=out, backend=backend, force=force, reporter=rep,
-                      target_accuracy=target_accuracy)
+                      html=html, report_images=report_images, target_accuracy=target_accuracy)
+    if open_report:
+        from imgclf.report import open_in_browser
+        open_in_browser(report["report_html"], rep)
     if format == "json":
         _print_json(report)
         return
-    from imgclf.console import print_evaluation
+    from imgclf.console import out_console, print_evaluation
     print_evaluation(report)
     rep.info(f"wrote {', '.join(OUTPUT_FILES)} to {report['outputs']}")
+    if html:
+        out_console.print(f"report: {report['report_html']}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- predict
@@ -408,6 +422,23 @@ def models_show(model: str = ModelArg("latest"), registry: Optional[Path] = Regi
 
     ref = reg.resolve(registry, model)
     _print_json(dict(ref.metadata, path=str(ref.path)))
+
+
+@models_app.command("card")
+@handle_errors
+def models_card(model: str = ModelArg("latest"),
+                out: Optional[Path] = typer.Option(None, help="Where to write it (a file or a folder; - for "
+                                                              "stdout). Default: MODEL_CARD.md in the model's "
+                                                              "version folder."),
+                force: bool = typer.Option(False, "--force", help="Overwrite an existing card."),
+                registry: Optional[Path] = RegistryOpt):
+    """Write MODEL_CARD.md: intended use, classes, training data, configuration, metrics, weak classes, files."""
+    from imgclf import registry as reg
+    from imgclf.modelcard import write_card
+
+    path = write_card(reg.resolve(registry, model), out=out, force=force)
+    if path is not None:
+        sys.stdout.write(f"{path}\n")
 
 
 def _confirm(what: str, question: str) -> None:

@@ -32,29 +32,33 @@ def evaluation_folder(data) -> Path:
 
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None, target_accuracy: Optional[float] = None) -> dict:
+             force: bool = False, reporter=None, html: bool = True, report_images: int = 200,
+             target_accuracy: Optional[float] = None) -> dict:
     """Run the model on DATA (test/ of a split root, else val/, else the tree), write OUTPUT_FILES to `out`
     (default: the model's evaluation/ folder; an existing --out is overwritten only with `force`) and
-    record the headline figures in the model's metadata. Returns the report (`--format json`).
+    record the headline figures in the model's metadata; with `html`, also report.html (imgclf/report.py,
+    `report_images` thumbnails). Returns the report (`--format json`).
     Every figure uses the calibrated probabilities; the calibration ones also the uncalibrated (T = 1)."""
     from imgclf.calibration import check_probability, evaluation_report
     from imgclf.plots import reliability_png, risk_coverage_png
 
+    if report_images < 0:
+        raise UsageError(f"--report-images must be 0 or more, got {report_images}")
     check_probability("target-accuracy", target_accuracy)
     folder = evaluation_folder(data)
     user_out = out is not None
     out = Path(out) if out else (ref.path / "evaluation")
     if user_out and not force:
-        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+        clash = [f for f in OUTPUT_FILES + (("report.html",) if html else ()) if (out / f).exists()]
         if clash:
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
-    d, skipped = _decode_folder(folder, clf, reporter)
+    d, problems = _decode_folder(folder, clf, reporter)
     raw = predict_probabilities(clf, np.asarray(d.pixels), calibrated=False)
     confidence_report, probs = evaluation_report(raw, d.labels, clf.temperature, target_accuracy)
     scores, wrong = score(d.labels, probs, clf.class_names, d.paths)
     report = {"model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend,
-              "images": int(len(d.labels)), "skipped": skipped} | scores
+              "images": int(len(d.labels)), "skipped": len(problems)} | scores
     report = {k: v for k, v in report.items() if k != "misclassified"} | confidence_report | \
         {"misclassified": report["misclassified"]}
     write_outputs(out, report, [d.pixels[i] for i in wrong[:25]])
@@ -66,11 +70,18 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
                                                   "macro_f1": report["macro_f1"], "images": report["images"],
                                                   "ece": report["calibration"]["ece"], "outputs": str(out)})
+    if html:
+        from imgclf.report import write_report
+        report["report_html"] = str(write_report(
+            out, report, paths=d.paths, true=d.labels, pred=probs.argmax(axis=1), confidence=probs.max(axis=1),
+            metadata=ref.metadata, model_dir=None if ref.onnx_only else ref.path, problems=problems,
+            max_images=report_images))
     return report
 
 
 def _decode_folder(folder: Path, clf, reporter):
-    """(Decoded pixels of the folder's usable images, labels in the model's class order; files skipped)."""
+    """(Decoded pixels of the folder's usable images, labels in the model's class order; the files skipped,
+    each with .path and .reason)."""
     ds = scan(folder, class_names=clf.class_names)
     if reporter:
         for p in ds.problems:
@@ -86,7 +97,7 @@ def _decode_folder(folder: Path, clf, reporter):
         d = decode(ds.paths, ds.labels, clf.spec)
     if not len(d.labels):
         raise DataError(f"{folder}: no decodable images to evaluate")
-    return d, len(ds.problems) + len(d.problems)
+    return d, list(ds.problems) + list(d.problems)
 
 
 def score(y: np.ndarray, probs: np.ndarray, class_names, paths) -> Tuple[dict, np.ndarray]:

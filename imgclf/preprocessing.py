@@ -161,22 +161,25 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
 
 
 def _decode(path, channels: int, background, size: Optional[Tuple[int, int]] = None,
-            jpeg_draft: bool = False, resample: str = "bilinear") -> np.ndarray:
+            jpeg_draft: bool = False, resample: str = "bilinear", fit: Optional[int] = None) -> np.ndarray:
     """The one decoder: open by content, first frame, (JPEG draft), EXIF orientation, mode -> `channels`
-    (alpha on `background`), optional resize to `size` = (height, width); uint8 HWC. Raises ImageError."""
+    (alpha on `background`), optional resize to `size` = (height, width) or, with `fit`, a shrink that keeps
+    the aspect ratio until the longer side is at most `fit`; uint8 HWC. Raises ImageError."""
     im = open_image(path)
     try:
         with im:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
-            if size and jpeg_draft and im.format == "JPEG":
+            if (size or fit) and jpeg_draft and im.format == "JPEG":
                 # Let the JPEG decoder scale down by 2/4/8 when the image is much larger than the target.
-                im.draft("L" if channels == 1 else "RGB", (size[1] * 2, size[0] * 2))
+                im.draft("L" if channels == 1 else "RGB", (size[1] * 2, size[0] * 2) if size else (fit * 2,) * 2)
             im.load()
             im = _apply_exif_orientation(im)
             im = _to_mode(im, channels, background)
             if size and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), RESAMPLE_FILTERS[resample])
+            elif fit and max(im.size) > fit:
+                im.thumbnail((fit, fit), Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
@@ -205,3 +208,13 @@ def load_full(path, channels: int) -> np.ndarray:
     """Decode at the file's own size (for offline augmentation): the same decoder as `load_image`,
     without the resize."""
     return _decode(path, channels, BACKGROUND)
+
+
+def load_thumbnail(path, max_side: int = 96) -> np.ndarray:
+    """A picture of the file for people (the HTML report): the same decoder as `load_image` (EXIF
+    orientation, modes, transparency), shrunk to at most `max_side` px on the longer side with its aspect
+    ratio kept (never enlarged); uint8 HWC with 1 channel when the image is grayscale, else 3."""
+    arr = _decode(path, 3, BACKGROUND, jpeg_draft=True, fit=max_side)
+    if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 1] == arr[:, :, 2]).all():
+        return arr[:, :, :1]
+    return arr

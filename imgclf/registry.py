@@ -1,6 +1,6 @@
 """The model registry on disk.
 
-    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, [model.onnx], [evaluation/]
+    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, curves.png, [model.onnx], [evaluation/]
     ROOT/NAME/tags.json  {"alias": VERSION}
     ROOT/.staging/RUN/   a training run in progress (checkpoints; resumable); never listed as a model
     ROOT/NAME/.last_version  the last number handed out: numbers are never reused
@@ -30,6 +30,7 @@ METADATA = "metadata.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 HISTORY = "history.csv"
+CURVES = "curves.png"  # drawn from history.csv at the end of training
 STAGING = ".staging"
 
 
