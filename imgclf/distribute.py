@@ -51,6 +51,10 @@ class Mode(str, Enum):
     multi_worker = "multi-worker"
 
 
+#: the --distribute choices
+MODES = tuple(m.value for m in Mode)
+
+
 class ClusterError(ImgclfError):
     """The cluster failed: a worker is missing, died, or sees other data."""
 
