@@ -379,8 +379,12 @@ class Distribution:
         text = str(exc)
         lost = sorted({self._task_number(t, i) for t, i in re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)",
                                                                         text)} - {None, self.cluster.me})
-        who = ", ".join(self.cluster.name(i) for i in lost) if lost else "a worker"
         low = text.lower()
+        cluster_words = ("heartbeat", "unhealthy", "crashed", "connection", "socket closed", "broken pipe",
+                         "end of file", "register", "barrier", "collective", "unavailable", "deadline")
+        if not lost and not any(w in low for w in cluster_words):
+            return exc   # a TensorFlow error of this worker's own, not a lost peer: left as it is
+        who = ", ".join(self.cluster.name(i) for i in lost) if lost else "a worker"
         if "heartbeat" in low or "unhealthy" in low or "crashed" in low:
             why = f"stopped responding (no heartbeat within --cluster-timeout {self.timeout} s)"
         elif any(w in low for w in ("connection reset", "socket closed", "connection refused", "failed to connect",
