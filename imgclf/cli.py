@@ -43,6 +43,15 @@ class TableOrJson(str, Enum):
     json = "json"
 
 
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 def _fail(message: str, code: int) -> None:
     from imgclf.console import err_console
     err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -286,6 +295,9 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
                                                                               "(default: table on a terminal, "
                                                                               "else jsonl)."),
             backend: str = typer.Option("auto", help="auto (ONNX when exported) | keras | onnx."),
+            precision: Precision = typer.Option(Precision.fp32, "--precision",
+                                                help="fp32 | int8 (model.int8.onnx, from `imgclf export "
+                                                     "--quantize int8`)."),
             batch_size: int = typer.Option(32, help="Images per batch."),
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
@@ -296,7 +308,7 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
         from imgclf.errors import UsageError
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     fmt = format.value if format else ("table" if sys.stdout.isatty() else "jsonl")
-    clf = load_classifier(reg.resolve(registry, model), backend)
+    clf = load_classifier(reg.resolve(registry, model), backend, precision.value)
     batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
     failed = total = 0
     out = sys.stdout
@@ -352,10 +364,25 @@ def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:
            opset: int = typer.Option(17, help="ONNX opset."),
            check: Optional[List[Path]] = typer.Option(None, help="An image for the Keras/ONNX parity check "
                                                                  "(repeat for more; default: the model's own "
-                                                                 "sample images)."),
-           force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+                                                                 "sample images). With --quantize: one folder "
+                                                                 "of class folders for the agreement check "
+                                                                 "(default: the model's test split, else val)."),
+           quantize: Optional[Quantize] = typer.Option(None, "--quantize", help="int8: also write "
+                                                       "model.int8.onnx (static QDQ, per-channel), kept only "
+                                                       "when it passes the agreement check."),
+           calibration: Optional[Path] = typer.Option(None, metavar="DIR", help="--quantize: calibrate on "
+                                                      "images of DIR (a split root: its train/; default: "
+                                                      "the model's training split)."),
+           calibration_images: int = typer.Option(300, help="--quantize: how many calibration images "
+                                                            "(a seeded random choice)."),
+           max_accuracy_drop: float = typer.Option(1.0, help="--quantize: refuse the int8 file when its "
+                                                             "held-out accuracy is more than this many "
+                                                             "points below the float file's."),
+           force: bool = typer.Option(False, "--force", help="Overwrite --out; with --quantize, also keep an "
+                                                             "int8 file that fails the agreement check."),
            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras."""
+    """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras;
+    --quantize int8 adds an int8 file checked against the float one on held-out images."""
     from imgclf import registry as reg
     from imgclf.errors import UsageError
     from imgclf.export import export_onnx
@@ -363,6 +390,18 @@ def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:
     if format != "onnx":
         raise UsageError(f"--format must be onnx, got {format!r}")
     ref = reg.resolve(registry, model)
+    if quantize is not None:
+        from imgclf.console import print_int8_report
+        from imgclf.quantize import export_int8
+
+        if check and len(check) > 1:
+            raise UsageError("--check: with --quantize int8, give one folder of class folders")
+        report = export_int8(ref, opset, check=check[0] if check else None, calibration=calibration,
+                             calibration_count=calibration_images, max_accuracy_drop=max_accuracy_drop,
+                             out=out, force=force, reporter=_reporter(quiet))
+        print_int8_report(report, _reporter(quiet))
+        sys.stdout.write((report["out"] or report["path"]) + "\n")
+        return
     report = export_onnx(ref, out=out, opset=opset, check_paths=[str(c) for c in check] if check else None,
                          force=force)
     rep = _reporter(quiet)
@@ -405,11 +444,11 @@ def models_list(registry: Optional[Path] = RegistryOpt,
 @handle_errors
 def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a path."),
                 registry: Optional[Path] = RegistryOpt):
-    """Print a model's metadata (JSON)."""
+    """Print a model's metadata (JSON), with its model files and their sizes ("files")."""
     from imgclf import registry as reg
 
     ref = reg.resolve(registry, model)
-    _print_json(dict(ref.metadata, path=str(ref.path)))
+    _print_json(dict(ref.metadata, path=str(ref.path), files=reg.model_files(ref)))
 
 
 @models_app.command("rm")
