@@ -41,9 +41,6 @@ DEFAULT_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_ACCURACY_DROP = 1.0
 CHANGED_CSV = "int8_changed_labels.csv"
 CALIBRATION_BATCH = 16
-#: the MinMax calibrator keeps every intermediate tensor of the batches it has run until it folds them into
-#: its ranges: fold every few batches, so memory stays at a few batches (not the whole calibration set)
-CALIBRATION_FOLD_BATCHES = 4
 
 
 class QuantizeError(ExportError):
@@ -63,33 +60,34 @@ class ImageSet:
 
 # ------------------------------------------------------------------------------------------ the images
 
-def _model_splits(ref: registry.ModelRef, what: str, option: str):
+def _model_splits(ref: registry.ModelRef, hint: str):
     """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed)."""
     from imgclf.train import load_splits
 
     dataset = ref.metadata.get("dataset") or {}
     source = dataset.get("source")
     if not source:
-        raise DataError(f"{ref.label}: metadata.json records no training data; pass {option} DIR for the {what}")
+        raise DataError(f"{ref.label}: metadata.json records no training data; pass {hint}")
     if not Path(source).is_dir():
         raise DataError(f"{source}: the training data of {ref.label} (recorded in metadata.json) is not found; "
-                        f"pass {option} DIR for the {what}")
+                        f"pass {hint}")
     cfg = ref.metadata.get("config") or {}
     splits = load_splits(source, float(cfg.get("val_split", 0.1)) if dataset.get("val_held_out") else 0.0,
                          int(ref.metadata.get("seed", cfg.get("seed", 42))))
     if list(splits.class_names) != list(ref.metadata["class_names"]):
         raise DataError(f"{source}: its classes ({', '.join(splits.class_names)}) are no longer the model's "
-                        f"({', '.join(ref.metadata['class_names'])}); pass {option} DIR for the {what}")
+                        f"({', '.join(ref.metadata['class_names'])}); pass {hint}")
     return splits
 
 
-def _image_files(folder: Path) -> List[str]:
+def _image_files(folder: Path) -> Tuple[Path, List[str]]:
+    """(the folder used, every image file below it): a split root's train/ only, never its held-out images."""
     from imgclf.data.scan import find_split_dirs, is_image_name, is_junk, walk_files
 
     dirs = find_split_dirs(folder)
-    root = dirs["train"] if dirs else folder  # a split root: never calibrate on its held-out images
-    return [f for f in walk_files(str(root)) if is_image_name(os.path.basename(f))
-            and not is_junk(os.path.basename(f))]
+    root = dirs["train"] if dirs else folder
+    return root, [f for f in walk_files(str(root)) if is_image_name(os.path.basename(f))
+                  and not is_junk(os.path.basename(f))]
 
 
 def _decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec, source: str,
@@ -116,12 +114,12 @@ def calibration_images(ref: registry.ModelRef, spec: PreprocessingSpec, folder: 
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"--calibration {folder}: folder not found")
-        paths = _image_files(folder)
+        root, paths = _image_files(folder)
         if not paths:
-            raise DataError(f"--calibration {folder}: no image files in it")
-        source = str(folder.resolve())
+            raise DataError(f"--calibration {root}: no image files in it")
+        source = os.path.abspath(root)
     else:
-        splits = splits or _model_splits(ref, "calibration images", "--calibration")
+        splits = splits or _model_splits(ref, "--calibration DIR")
         paths, source = splits.train.paths, os.path.abspath(splits.train.root)
         if not paths:
             raise DataError(f"{source}: no training images left to calibrate on; pass --calibration DIR")
@@ -148,7 +146,7 @@ def held_out_images(ref: registry.ModelRef, spec: PreprocessingSpec, folder: Opt
         dirs = find_split_dirs(folder)
         ds = scan(dirs.get("test") or dirs["val"] if dirs else folder, class_names=class_names)
     else:
-        splits = splits or _model_splits(ref, "agreement check", "--check")
+        splits = splits or _model_splits(ref, "--check DIR")
         ds = splits.test if splits.test is not None and splits.test.samples else splits.val
         if ds is None or not ds.samples:
             raise DataError(f"{ref.label}: no held-out images (no test or val split); pass --check DIR")
@@ -213,8 +211,10 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, per_chan
             quantize_static(str(prepared), str(raw), _Reader(input_name, pixels), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_exclude=keep_float,
-                            extra_options={"CalibMaxIntermediateOutputs": CALIBRATION_FOLD_BATCHES})
+                            nodes_to_exclude=keep_float)
+            # (not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the batches collected so far
+            # without folding them into the ranges; the MinMax calibrator keeps only a min and a max per
+            # tensor and batch anyway, so memory stays small without it)
         except Exception as e:
             raise QuantizeError(f"{float_path}: quantization failed ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -284,34 +284,35 @@ def _write_changed(path: Path, rows: List[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------ the entry
 
-def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
-                   max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-                   calibration_count: int = DEFAULT_CALIBRATION_IMAGES, out: Optional[Path] = None,
-                   force: bool = False, reporter=None) -> dict:
-    """Quantize the model's exported `model.onnx` to `model.int8.onnx` (and `out`, when given) after the
-    agreement check. Raises QuantizeError, saving nothing, when the check fails and not `force`."""
-    if ref.onnx_only:
-        raise UsageError(f"{ref.onnx_path}: a standalone .onnx file; --quantize takes a registry model")
-    if not ref.onnx_path.is_file():
-        raise UsageError(f"model {ref.label} has no ONNX export to quantize; run `imgclf export {ref.label}`")
-    if calibration_count < 1:
-        raise UsageError(f"--calibration-images must be at least 1, got {calibration_count}")
-    if not np.isfinite(max_accuracy_drop):
-        raise UsageError(f"--max-accuracy-drop must be a number of points, got {max_accuracy_drop}")
-    if out is not None and Path(out).exists() and not force:
-        raise UsageError(f"{out}: file exists (use --force to overwrite)")
+def prepare_images(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
+                   calibration_count: int = DEFAULT_CALIBRATION_IMAGES, reporter=None) -> Tuple[ImageSet, ImageSet]:
+    """(calibration images, held-out check images), decoded with the model's preprocessing spec."""
     spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
-    class_names = list(ref.metadata["class_names"])
     splits = None
     if calibration is None or check is None:
-        option = "--calibration" if calibration is None else "--check"
-        splits = _model_splits(ref, "calibration images" if calibration is None else "agreement check", option)
+        missing = [o for o, v in (("--calibration DIR", calibration), ("--check DIR", check)) if v is None]
+        splits = _model_splits(ref, " and ".join(missing))
     held = held_out_images(ref, spec, check, reporter, splits)
     calib = calibration_images(ref, spec, calibration, calibration_count, reporter, splits)
     overlap = set(held.paths) & set(calib.paths)
     if overlap:
         raise UsageError(f"--calibration {calib.source}: {len(overlap)} of its images are also check images "
                          f"(e.g. {sorted(overlap)[0]}); calibrate on training images")
+    return calib, held
+
+
+def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
+                   max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+                   calibration_count: int = DEFAULT_CALIBRATION_IMAGES, out: Optional[Path] = None,
+                   force: bool = False, reporter=None, images: Optional[Tuple[ImageSet, ImageSet]] = None) -> dict:
+    """Quantize the model's exported `model.onnx` to `model.int8.onnx` (and `out`, when given) after the
+    agreement check. Raises QuantizeError, saving nothing, when the check fails and not `force`.
+    `images`: (calibration, check) from `prepare_images`, else they are prepared here."""
+    _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    if not ref.onnx_path.is_file():
+        raise UsageError(f"model {ref.label} has no ONNX export to quantize; run `imgclf export {ref.label}`")
+    class_names = list(ref.metadata["class_names"])
+    calib, held = images or prepare_images(ref, calibration, check, calibration_count, reporter)
     if reporter:
         reporter.info(f"calibrating on {len(calib.paths)} images of {calib.source}")
 
@@ -329,11 +330,12 @@ def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, c
                                            changed_csv=str(changed_csv)))
         if not passed and not force:
             registry.update_metadata(ref, int8_rejected=record)
+            kept = f"; the earlier {INT8_FILE} is kept" if target.is_file() else ""
             raise QuantizeError(
                 f"{ref.label}: int8 accuracy {figures['int8_accuracy']:.4f} vs fp32 {figures['fp32_accuracy']:.4f} "
                 f"on {figures['images']} held-out images of {held.source} (drop {figures['accuracy_drop_points']:.2f} "
                 f"points > --max-accuracy-drop {max_accuracy_drop:g}); {INT8_FILE} not saved (changed labels: "
-                f"{changed_csv}; --force saves it anyway)")
+                f"{changed_csv}; --force saves it anyway){kept}")
         record["bytes"] = tmp.stat().st_size
         record["fp32_bytes"] = ref.onnx_path.stat().st_size
         if out is not None:
@@ -345,12 +347,31 @@ def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, c
     finally:
         if tmp.exists():
             tmp.unlink()
-    meta = ref.metadata
+    had_rejected = "int8_rejected" in ref.metadata
     registry.update_metadata(ref, int8=record)
-    if "int8_rejected" in meta:
+    if had_rejected:
         _drop_metadata_key(ref, "int8_rejected")
-    return dict(record, path=str(target), out=str(out) if out else None, skipped=len(held.skipped) +
-                len(calib.skipped))
+    return dict(record, path=str(target), out=str(out) if out else None,
+                skipped=len(held.skipped) + len(calib.skipped))
+
+
+def _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force) -> None:
+    """Every argument, before any work (the float export takes seconds)."""
+    if ref.onnx_only:
+        raise UsageError(f"{ref.onnx_path}: a standalone .onnx file; --quantize takes a registry model")
+    if check is not None and not Path(check).exists():
+        raise UsageError(f"--check {check}: folder not found")
+    if check is not None and not Path(check).is_dir():
+        raise UsageError(f"--check {check}: with --quantize int8, --check takes one folder of class folders "
+                         "(a split root: its test/, else val/)")
+    if calibration is not None and not Path(calibration).is_dir():
+        raise UsageError(f"--calibration {calibration}: folder not found")
+    if calibration_count < 1:
+        raise UsageError(f"--calibration-images must be at least 1, got {calibration_count}")
+    if not np.isfinite(max_accuracy_drop):
+        raise UsageError(f"--max-accuracy-drop must be a number of points, got {max_accuracy_drop}")
+    if out is not None and Path(out).exists() and not force:
+        raise UsageError(f"{out}: file exists (use --force to overwrite)")
 
 
 def _drop_metadata_key(ref: registry.ModelRef, key: str) -> None:
@@ -383,13 +404,8 @@ def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None
     """`imgclf export MODEL --quantize int8`: export the float ONNX file first when there is none (or it was
     made with another opset), then quantize it. The float file's parity check uses the --check folder's
     images when one is given."""
-    if ref.onnx_only:
-        raise UsageError(f"{ref.onnx_path}: already an ONNX file; export takes a registry model")
-    if check is not None and not Path(check).is_dir():
-        raise UsageError(f"--check {check}: with --quantize int8, --check takes one folder of class folders "
-                         "(a split root: its test/, else val/)")
-    if out is not None and Path(out).exists() and not force:
-        raise UsageError(f"{out}: file exists (use --force to overwrite)")
+    _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    images = prepare_images(ref, calibration, check, calibration_count, reporter)  # before the slow part
     float_report = None
     recorded = (ref.metadata.get("onnx") or {}).get("opset")
     if not ref.onnx_path.is_file() or recorded != opset:
@@ -400,9 +416,10 @@ def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None
             from imgclf.data.scan import find_split_dirs
 
             dirs = find_split_dirs(Path(check))
-            parity = _image_files(dirs.get("test") or dirs["val"] if dirs else Path(check))[:32] or None
+            parity = _image_files(dirs.get("test") or dirs["val"] if dirs else Path(check))[1][:32] or None
         float_report = export_onnx(ref, opset=opset, check_paths=parity)
     report = quantize_model(ref, calibration=calibration, check=check, max_accuracy_drop=max_accuracy_drop,
-                            calibration_count=calibration_count, out=out, force=force, reporter=reporter)
+                            calibration_count=calibration_count, out=out, force=force, reporter=reporter,
+                            images=images)
     report["float_export"] = float_report
     return report
