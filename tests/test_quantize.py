@@ -284,12 +284,15 @@ def test_mobilenet_v2_int8(tmp_path_factory, split_colours):
     registry = tmp_path_factory.mktemp("q-mnv2")
     weights = BACKBONE if Path(BACKBONE).is_file() else "none"
     path = _train(registry, split_colours, "mnv2", "--arch", "mobilenet_v2", "--image-size", 96, "--weights",
-                  weights, "--epochs", 2, "--batch-size", 16)
+                  weights, "--epochs", 3, "--batch-size", 16, "--lr", 0.01)
     r = cli("export", "mnv2", "--registry", registry, "--quantize", "int8")
     assert r.exit_code == 0, r.output
     int8 = json.loads((path / "metadata.json").read_text())["int8"]
     check = int8["check"]
     assert check["images"] == 30
+    if weights != "none":
+        # (from random weights, 3 short epochs leave the batch-norm statistics untrained: one answer for all)
+        assert check["fp32_accuracy"] >= 0.9, check
     assert check["top1_agreement"] >= 0.99, check
     assert check["int8_accuracy"] >= check["fp32_accuracy"] - 0.01, check
     assert 3.0 < int8["fp32_bytes"] / int8["bytes"] < 4.5, int8
