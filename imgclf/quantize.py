@@ -418,6 +418,10 @@ def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None
             dirs = find_split_dirs(Path(check))
             parity = _image_files(dirs.get("test") or dirs["val"] if dirs else Path(check))[1][:32] or None
         float_report = export_onnx(ref, opset=opset, check_paths=parity)
+        if reporter:
+            reporter.info(f"exported {float_report['path']}: parity check on {float_report['checked_images']} "
+                          f"{float_report['check_source']}: top-1 agreement {float_report['top1_agreement']:.3f}, "
+                          f"max |dp| {float_report['max_abs_diff']:.2e}")
     report = quantize_model(ref, calibration=calibration, check=check, max_accuracy_drop=max_accuracy_drop,
                             calibration_count=calibration_count, out=out, force=force, reporter=reporter,
                             images=images)
