@@ -60,9 +60,10 @@ class ImageSet:
 
 # ------------------------------------------------------------------------------------------ the images
 
-def _model_splits(ref: registry.ModelRef, hint: str):
-    """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed)."""
-    from imgclf.train import load_splits
+def _model_splits(ref: registry.ModelRef, hint: str, reporter=None):
+    """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed).
+    Warns when the files are no longer those training saw (the recorded fingerprint differs)."""
+    from imgclf.train import _fingerprint, load_splits
 
     dataset = ref.metadata.get("dataset") or {}
     source = dataset.get("source")
@@ -77,6 +78,10 @@ def _model_splits(ref: registry.ModelRef, hint: str):
     if list(splits.class_names) != list(ref.metadata["class_names"]):
         raise DataError(f"{source}: its classes ({', '.join(splits.class_names)}) are no longer the model's "
                         f"({', '.join(ref.metadata['class_names'])}); pass {hint}")
+    paths = [p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]
+    if reporter and dataset.get("fingerprint") and _fingerprint(paths) != dataset["fingerprint"]:
+        reporter.warn(f"{source}: the files changed since {ref.label} was trained; its held-out split may now "
+                      f"hold images it trained on (pass --check DIR to be sure)")
     return splits
 
 
@@ -291,7 +296,7 @@ def prepare_images(ref: registry.ModelRef, calibration: Optional[Path] = None, c
     splits = None
     if calibration is None or check is None:
         missing = [o for o, v in (("--calibration DIR", calibration), ("--check DIR", check)) if v is None]
-        splits = _model_splits(ref, " and ".join(missing))
+        splits = _model_splits(ref, " and ".join(missing), reporter)
     held = held_out_images(ref, spec, check, reporter, splits)
     calib = calibration_images(ref, spec, calibration, calibration_count, reporter, splits)
     overlap = set(held.paths) & set(calib.paths)

@@ -299,3 +299,22 @@ def test_mobilenet_v2_int8(tmp_path_factory, split_colours):
     q = _labels(registry, "mnv2", split_colours / "test", "int8")
     fp = _labels(registry, "mnv2", split_colours / "test", "fp32")
     assert sum(q[p][0] == fp[p][0] for p in fp) / len(fp) >= 0.99
+
+
+def test_warns_when_the_training_data_changed(quantized_cnn, tmp_path, split_colours):
+    registry = _copy(quantized_cnn[0], tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(split_colours, data)
+    meta_path = registry / "cnn" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dataset"]["source"] = str(data)
+    meta_path.write_text(json.dumps(meta))
+    r = cli("export", "cnn", "--registry", registry, "--quantize", "int8")
+    assert r.exit_code == 0, r.output
+    assert "files changed" not in r.stderr                       # the same files elsewhere: no warning
+    shutil.copy(data / "train" / "red" / sorted(p.name for p in (data / "train" / "red").iterdir())[0],
+                data / "test" / "red" / "moved-from-train.png")
+    r = cli("export", "cnn", "--registry", registry, "--quantize", "int8")
+    assert r.exit_code == 0, r.output
+    assert (f"warning: {data}: the files changed since cnn:1 was trained; its held-out split may now hold "
+            "images it trained on (pass --check DIR to be sure)") in r.stderr
