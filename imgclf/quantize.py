@@ -30,15 +30,15 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from imgclf import registry
+from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
 from imgclf.errors import DataError, ExportError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
-PRECISIONS = ("fp32", "int8")
 INT8_FILE = registry.INT8_ONNX_FILE
 #: images of the training split the ranges are calibrated on, unless told otherwise
-DEFAULT_CALIBRATION_IMAGES = 300
+DEFAULT_CALIBRATION_IMAGES = QUANTIZE_CALIBRATION_IMAGES
 #: the int8 file is refused when its held-out accuracy is this many points (percent) below the float file's
-DEFAULT_MAX_ACCURACY_DROP = 1.0
+DEFAULT_MAX_ACCURACY_DROP = QUANTIZE_MAX_ACCURACY_DROP
 CHANGED_CSV = "int8_changed_labels.csv"
 CALIBRATION_BATCH = 16
 
@@ -63,7 +63,8 @@ class ImageSet:
 def _model_splits(ref: registry.ModelRef, hint: str, reporter=None):
     """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed).
     Warns when the files are no longer those training saw (the recorded fingerprint differs)."""
-    from imgclf.train import _fingerprint, load_splits
+    from imgclf.data.split import load_splits
+    from imgclf.train import fingerprint
 
     dataset = ref.metadata.get("dataset") or {}
     source = dataset.get("source")
@@ -79,7 +80,7 @@ def _model_splits(ref: registry.ModelRef, hint: str, reporter=None):
         raise DataError(f"{source}: its classes ({', '.join(splits.class_names)}) are no longer the model's "
                         f"({', '.join(ref.metadata['class_names'])}); pass {hint}")
     paths = [p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]
-    if reporter and dataset.get("fingerprint") and _fingerprint(paths) != dataset["fingerprint"]:
+    if reporter and dataset.get("fingerprint") and fingerprint(paths) != dataset["fingerprint"]:
         reporter.warn(f"{source}: the files changed since {ref.label} was trained; its held-out split may now "
                       f"hold images it trained on (pass --check DIR to be sure)")
     return splits
@@ -292,7 +293,7 @@ def _write_changed(path: Path, rows: List[dict]) -> None:
 def prepare_images(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
                    calibration_count: int = DEFAULT_CALIBRATION_IMAGES, reporter=None) -> Tuple[ImageSet, ImageSet]:
     """(calibration images, held-out check images), decoded with the model's preprocessing spec."""
-    spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+    spec = ref.spec
     splits = None
     if calibration is None or check is None:
         missing = [o for o, v in (("--calibration DIR", calibration), ("--check DIR", check)) if v is None]
