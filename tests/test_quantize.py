@@ -131,6 +131,12 @@ def test_models_show_lists_every_file_with_its_size(quantized_cnn):
         assert f["bytes"] == (path / name).stat().st_size and f["path"] == str(path / name)
     assert files["model.int8.onnx"]["bytes"] < files["model.onnx"]["bytes"] / 2
     assert files["model.onnx"]["size"].endswith(("KiB", "MiB"))
+    # the model card lists the int8 file with its check
+    check = json.loads((path / "metadata.json").read_text())["int8"]["check"]
+    r = cli("models", "card", "cnn", "--registry", registry, "--out", "-")
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.stdout.splitlines() if "`model.int8.onnx`" in line)
+    assert "int8 ONNX export" in row and f"held-out images: accuracy {check['fp32_accuracy']:.4f} -> " in row
 
 
 def test_check_failure_saves_no_int8_file(cnn, tmp_path):
