@@ -37,6 +37,7 @@ OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 CLASS_WEIGHTS = ("none", "auto")                # auto: inverse class frequency
 QUANTIZE_MODES = ("int8",)                      # imgclf export --quantize
 PRECISIONS = ("fp32", "int8")                   # imgclf predict --precision: model.onnx or model.int8.onnx
+CALIBRATION_METHODS = ("temperature", "none")   # train --calibrate: temperature fitted on val (calibration.py)
 
 # Defaults of the commands other than train (train's are TrainConfig's fields, below)
 DEFAULT_SEED = 42
@@ -114,6 +115,7 @@ class TrainConfig:
     augment_policy: str = "none"
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
+    calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -131,6 +133,8 @@ class TrainConfig:
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
         if self.class_weight not in CLASS_WEIGHTS:
             raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        if self.calibrate not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibrate must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibrate!r}")
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()
