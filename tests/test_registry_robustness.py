@@ -141,7 +141,6 @@ def test_train_without_data_or_resume_is_a_usage_error(tmp_path):
 
 # ----------------------------------------------------------------------------------------- processes
 
-@pytest.mark.slow
 def test_four_parallel_trainings_get_four_distinct_complete_versions(tmp_path):
     data = make_tree(tmp_path / "tiny", {"dark": 6, "bright": 6}, mode="L", seed=13)
     registry = tmp_path / "reg"
@@ -173,7 +172,6 @@ def wait_until(proc: subprocess.Popen, condition, timeout: float = 240) -> bool:
     return False
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_the_registry_consistent(tmp_path, slow_data):
     registry = tmp_path / "reg"
     rng = random.Random(20240601)
@@ -215,7 +213,6 @@ def test_sigkill_at_random_moments_leaves_the_registry_consistent(tmp_path, slow
     assert len(assert_every_listed_version_is_complete(registry)) == complete + 1
 
 
-@pytest.mark.slow
 def test_interrupt_after_one_epoch_then_resume_gives_a_continuous_three_epoch_history(tmp_path, slow_data):
     registry = tmp_path / "reg"
     proc = start_train(slow_data, registry, "--epochs", 3, "--image-size", 32, "--batch-size", 2,
