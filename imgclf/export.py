@@ -23,6 +23,10 @@ from imgclf.preprocessing import PreprocessingSpec, load_image
 
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
+#: a mixed-precision model computes in float16 (about 3 significant digits); its float32 ONNX export is
+#: checked against it, the model `predict --backend keras` runs, within this (and against its float32
+#: rebuild, the graph that was converted, within TOLERANCE)
+MIXED_PRECISION_TOLERANCE = 5e-3
 METADATA_KEY = "imgclf"
 
 
@@ -61,7 +65,9 @@ def _float32_model(ref: registry.ModelRef, model):
 
 def check_images(ref: registry.ModelRef, spec: PreprocessingSpec, paths: Optional[Sequence[str]]):
     """Pixels for the parity check: the given images, else the model's recorded sample images."""
-    candidates = list(paths or ref.metadata.get("sample_paths", []))
+    from imgclf.predict import expand_inputs  # folders: their images, recursively
+
+    candidates = list(expand_inputs([str(p) for p in paths])) if paths else list(ref.metadata.get("sample_paths", []))
     arrays, used = [], []
     for p in candidates:
         try:
@@ -87,8 +93,8 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     import tf2onnx
 
     spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
-    model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
-    model = _float32_model(ref, model)
+    saved = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
+    model = _float32_model(ref, saved)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
     fn = tf.function(lambda x: {"probabilities": model(x, training=False)}, input_signature=signature)
     try:
@@ -114,7 +120,7 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / "model.onnx"
     try:
         onnx.save(onnx_model, str(tmp))
-        report = verify(ref, model, tmp, spec, check_paths)
+        report = verify(ref, model, tmp, spec, check_paths, saved=saved)
         targets = [ref.path / registry.ONNX_FILE] + ([Path(out)] if out else [])
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,12 +131,16 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
         shutil.rmtree(tmp.parent, ignore_errors=True)
     report.update(path=str(ref.path / registry.ONNX_FILE), out=str(out) if out else None, opset=opset)
     registry.update_metadata(ref, onnx={k: report[k] for k in ("opset", "checked_images", "max_abs_diff",
-                                                                "top1_agreement", "check_source")})
+                                                                "top1_agreement", "check_source",
+                                                                "max_abs_diff_saved", "saved_tolerance")
+                                        if k in report})
     return report
 
 
-def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None) -> dict:
-    """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE."""
+def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, saved=None) -> dict:
+    """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE.
+    `model` is the graph that was converted; `saved`, when it is another one (a mixed-precision model), the
+    model as saved, checked too (within MIXED_PRECISION_TOLERANCE; top-1 may differ only on near-ties)."""
     import onnxruntime as ort
 
     pixels, used = check_images(ref, spec, check_paths)
@@ -151,4 +161,11 @@ def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=Non
     if agree < 1.0 or diff > TOLERANCE:
         raise ExportError(f"{ref.label}: ONNX disagrees with Keras on {len(x)} {source} (top-1 agreement "
                           f"{agree:.3f}, max |dp| {diff:.2e} > {TOLERANCE:g}); not saved")
+    if saved is not None and saved is not model:
+        saved_p = np.asarray(saved(x, training=False), dtype=np.float32)
+        saved_diff = float(np.max(np.abs(saved_p - onnx_p)))
+        report.update(max_abs_diff_saved=saved_diff, saved_tolerance=MIXED_PRECISION_TOLERANCE)
+        if saved_diff > MIXED_PRECISION_TOLERANCE:
+            raise ExportError(f"{ref.label}: ONNX disagrees with the saved model on {len(x)} "
+                              f"{source} (max |dp| {saved_diff:.2e} > {MIXED_PRECISION_TOLERANCE:g}); not saved")
     return report

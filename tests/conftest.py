@@ -155,7 +155,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> float:
     """Our own parity check, not the exporter's report: the saved model.keras (exactly as `predict --backend
     keras` loads it) and model.onnx through onnxruntime, on IMAGES decoded by imgclf.preprocessing, agree on
-    every top-1 label and within ATOL on every probability. Returns the largest difference."""
+    every top-1 label (where Keras' top two are more than 2*ATOL apart: closer, a difference within ATOL may
+    swap them) and within ATOL on every probability. Returns the largest difference."""
     import keras
     import onnxruntime as ort
 
@@ -170,7 +171,10 @@ def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> floa
     (inp,) = sess.get_inputs()
     onnx_p = sess.run(None, {inp.name: x})[0]
     assert onnx_p.shape == keras_p.shape == (len(images), len(meta["class_names"]))
-    assert (onnx_p.argmax(1) == keras_p.argmax(1)).all(), (onnx_p, keras_p)
+    top2 = np.sort(keras_p, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * atol
+    assert clear.mean() >= 0.5, f"most images are near-ties, the check says little: {keras_p}"
+    assert (onnx_p.argmax(1) == keras_p.argmax(1))[clear].all(), (onnx_p, keras_p)
     diff = float(np.abs(onnx_p - keras_p).max())
     assert diff <= atol, f"max |dp| {diff:.2e} > {atol:g}"
     return diff
