@@ -176,6 +176,9 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], r
             raise UsageError(f"no unfinished run {resume!r} in {root}" +
                              (f"; unfinished runs: {', '.join(runs)}" if runs else ""))
         run = registry.read_json(staging / "run.json")
+        if run.get("pid") not in (None, os.getpid()) and registry._pid_alive(run.get("pid")):
+            raise UsageError(f"run {resume} is still in progress (process {run['pid']}); resume it once that "
+                             "process has ended")
         data = run["data"]
         aug = AugmentConfig(**run["config"].pop("augment"))
         cfg = TrainConfig(**run["config"], augment=aug)
@@ -225,9 +228,13 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Optional[Reporter], r
     if len(set(decoded["train"].labels.tolist())) < 2:
         raise DataError(f"{data}: the training images cover only one class")
 
+    fingerprint = _fingerprint([p for d in decoded.values() for p in d.paths])
+    if resume and run.get("fingerprint", fingerprint) != fingerprint:
+        raise DataError(f"{data}: the images changed since run {resume} started (files added, removed or "
+                        "resized); resuming would train one model on two datasets: start a new run")
     if not resume:
         staging = registry.new_staging(root, name)
-    run_info = {"data": os.path.abspath(data), "config": cfg.to_dict(), "pid": os.getpid(),
+    run_info = {"data": os.path.abspath(data), "config": cfg.to_dict(), "pid": os.getpid(), "fingerprint": fingerprint,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epochs_done": 0}
     if resume:
         run_info.update({k: v for k, v in registry.read_json(staging / "run.json").items()
