@@ -235,7 +235,7 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
                 problems = [ImageError(paths[i], r) for i, r in index["problems"]]
                 # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
                 return result(np.load(data_file) if fits else mapped, keep, problems, from_cache=True)
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError):  # EOFError: an empty .npy
             pass  # a damaged cache entry is rebuilt below
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
