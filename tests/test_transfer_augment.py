@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_onnx_matches_keras, cli, error_line, image_files, make_tree, tree_digest
+from conftest import (assert_onnx_matches_keras, cli, error_line, image_files, make_tree, start_paused,
+                      tree_digest, wait_for)
 
 MOBILENETS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 
@@ -110,6 +111,59 @@ def test_weights_path_loads_every_backbone_layer_and_two_phases_land_in_history(
     r = cli("export", "ft", "--registry", reg)
     assert r.exit_code == 0, r.output
     assert_onnx_matches_keras(reg / "ft" / "1", image_files(colour_split), atol=1e-4)
+
+
+def test_resume_across_the_head_to_fine_tune_boundary(tmp_path, colour_split, backbone_file, monkeypatch):
+    """Killed as phase 2 begins (phase 1 done, its weights saved): the resumed run does not train the head
+    again, starts fine-tuning from phase 1's weights and numbers its epochs on from there."""
+    import signal
+
+    import keras
+
+    import imgclf.train
+    from imgclf.architectures import get_architecture
+    from imgclf.config import TrainConfig
+
+    path, expected = backbone_file
+    reg = tmp_path / "reg"
+    marker = tmp_path / "fine-tune-begins"
+    proc = start_paused("imgclf.architectures.mobilenet.unfreeze_top", marker, "train", colour_split,
+                        "--arch", "mobilenet_v2", "--alpha", "0.35", "--weights", path, "--image-size", "96",
+                        "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "10", "--batch-size", "16",
+                        "--patience", "0", "--registry", reg, "--name", "ft")
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    (run,) = (reg / ".staging").iterdir()
+    head_rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [(x["epoch"], x["phase"]) for x in head_rows] == [("1", "head")]
+    head = get_architecture("mobilenet_v2").build((96, 96, 3), 2, TrainConfig(arch="mobilenet_v2", alpha=0.35,
+                                                                             weights="none"))
+    head.load_weights(run / "after-head.weights.h5")
+    head = [np.array(w) for w in head.get_layer("probabilities").get_weights()]
+
+    started = []                               # the head's weights when fine-tuning starts (spy only)
+
+    def spy_logger(*args):
+        logger = real_logger(*args)
+        logger.on_train_begin = lambda logs=None: started.append(
+            (logger.phase, [np.array(w) for w in logger.model.get_layer("probabilities").get_weights()]))
+        return logger
+
+    real_logger = imgclf.train._EpochLogger
+    monkeypatch.setattr(imgclf.train, "_EpochLogger", spy_logger)
+    r = cli("train", "--resume", run.name, "--registry", reg, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert "fine-tuning the top 10 backbone layers" in r.stderr and "head epoch" not in r.stderr
+    ((phase, weights),) = started                              # only phase 2 trained
+    assert phase == "fine-tune" and all(np.array_equal(a, b) for a, b in zip(weights, head))
+    rows = list(csv.DictReader(open(reg / "ft" / "1" / "history.csv")))
+    assert [(x["epoch"], x["phase"]) for x in rows] == [("1", "head"), ("2", "fine-tune")]
+    assert rows[0] == head_rows[0]
+    assert float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]) / 10)
+    model = keras.models.load_model(reg / "ft" / "1" / "model.keras", safe_mode=True, compile=False)
+    assert np.array_equal(model.get_layer("backbone").get_weights()[0], expected[0])
 
 
 def test_mismatched_weights_file_is_a_clear_error(tmp_path, colour_split, backbone_file):
