@@ -30,6 +30,20 @@ AUGMENT_POLICIES = {
 }
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 
+# The fixed choices of options (the CLI offers exactly these; the library checks them too)
+SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the original files
+BACKENDS = ("auto", "keras", "onnx")            # auto: the ONNX export when there is one
+OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
+CLASS_WEIGHTS = ("none", "auto")                # auto: inverse class frequency
+
+# Defaults of the commands other than train (train's are TrainConfig's fields, below)
+DEFAULT_SEED = 42
+SPLIT_VAL = 0.1
+SPLIT_TEST = 0.1
+PREDICT_TOP_K = 3
+PREDICT_BATCH_SIZE = 32
+EXPORT_OPSET = 17
+
 
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
     if not (low <= value <= high):
@@ -48,9 +62,11 @@ class AugmentConfig:
     contrast: float = 0.0
 
     @classmethod
-    def from_options(cls, policy: str = "none", **overrides) -> "AugmentConfig":
+    def from_options(cls, policy: str = "none", option: str = "--augment", **overrides) -> "AugmentConfig":
+        """A policy's operations, with the ones given in `overrides` (not None) replacing them. `option` is
+        the name the user typed the policy with, for the message."""
         if policy not in AUGMENT_POLICIES:
-            raise UsageError(f"--augment must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
+            raise UsageError(f"{option} must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
         values = dict(AUGMENT_POLICIES[policy])
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
@@ -80,7 +96,7 @@ class TrainConfig:
     image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
     channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
     lr: float = 1e-3
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     val_split: float = 0.1                # held out of train/ when the data has no val/
     patience: int = 4                     # early stopping on val_loss; 0 disables it
     name: Optional[str] = None            # registry name; default: the data folder's name
@@ -108,11 +124,18 @@ class TrainConfig:
         if not (0 < self.lr < 1):
             raise UsageError(f"--lr must be between 0 and 1, got {self.lr}")
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
-        if self.class_weight not in ("auto", "none"):
-            raise UsageError(f"--class-weight must be auto or none, got {self.class_weight!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of to_dict (a resumed run's config)."""
+        d = dict(d)
+        augment = AugmentConfig(**d.pop("augment"))
+        return cls(**d, augment=augment)

@@ -18,7 +18,8 @@ class DataError(ImgclfError):
 
 
 class ImageError(ImgclfError):
-    """One image cannot be used; callers skip it and report `path: reason`."""
+    """A file we could not use: `.path` and `.reason`. Raised by the decoder, and the one record of a
+    skipped file everywhere (scan's problems, the pixel cache, augment, predict's error rows)."""
 
     def __init__(self, path, reason):
         super().__init__(f"{path}: {reason}")
@@ -28,6 +29,10 @@ class ImageError(ImgclfError):
 
 class ModelNotFound(ImgclfError):
     """An unknown model name, version or path."""
+
+
+class ModelError(ImgclfError):
+    """A model that exists but cannot be used as saved (e.g. preprocessing this version cannot honour)."""
 
 
 class ExportError(ImgclfError):

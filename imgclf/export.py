@@ -7,41 +7,26 @@ on `model(x, training=False)`: `from_keras` fails on Keras 3 models (KeyError 'k
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from imgclf import registry
+from imgclf.config import EXPORT_OPSET
 from imgclf.errors import ExportError, ImageError, UsageError
+from imgclf.onnx_meta import metadata_props
 from imgclf.preprocessing import PreprocessingSpec, load_image
 
-DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
 #: a mixed-precision model computes in float16 (about 3 significant digits); its float32 ONNX export is
 #: checked against it, the model `predict --backend keras` runs, within this (and against its float32
 #: rebuild, the graph that was converted, within TOLERANCE)
 MIXED_PRECISION_TOLERANCE = 5e-3
-METADATA_KEY = "imgclf"
-
-
-def read_onnx_metadata(path) -> dict:
-    """The imgclf metadata of an exported .onnx file (class names, preprocessing, ...). Needs only onnx."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise UsageError(f"{path}: not a readable ONNX file ({e})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise UsageError(f"{path}: ONNX file has no imgclf metadata (class names, preprocessing)")
-    return json.loads(props[METADATA_KEY])
 
 
 def _float32_model(ref: registry.ModelRef, model):
@@ -51,13 +36,12 @@ def _float32_model(ref: registry.ModelRef, model):
     if model.dtype_policy.name == "float32" and all(l.dtype_policy.name == "float32" for l in model.layers):
         return model
     from imgclf.architectures import get_architecture
-    from imgclf.config import TrainConfig, AugmentConfig
+    from imgclf.config import TrainConfig
 
     keras.mixed_precision.set_global_policy("float32")
-    cfg_d = dict(ref.metadata["config"])
-    cfg = TrainConfig(**{k: v for k, v in cfg_d.items() if k != "augment"}, augment=AugmentConfig(**cfg_d["augment"]))
+    cfg = TrainConfig.from_dict(ref.metadata["config"])
     cfg.weights = "none"
-    spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+    spec = ref.spec
     fresh = get_architecture(ref.metadata["arch"]).build(spec.shape, len(ref.metadata["class_names"]), cfg)
     fresh.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return fresh
@@ -78,21 +62,22 @@ def check_images(ref: registry.ModelRef, spec: PreprocessingSpec, paths: Optiona
     return (np.stack(arrays) if arrays else None), used
 
 
-def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int = DEFAULT_OPSET,
-                check_paths: Optional[Sequence[str]] = None, force: bool = False, reporter=None) -> dict:
+def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int = EXPORT_OPSET,
+                check_paths: Optional[Sequence[str]] = None, force: bool = False) -> dict:
     if ref.onnx_only:
         raise UsageError(f"{ref.onnx_path}: already an ONNX file; export takes a registry model")
     if not (7 <= opset <= 21):
         raise UsageError(f"--opset must be between 7 and 21, got {opset}")
     if out is not None and Path(out).exists() and not force:
         raise UsageError(f"{out}: file exists (use --force to overwrite)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from imgclf.tf_quiet import import_keras
+
+    keras = import_keras()
     import onnx
     import tensorflow as tf
     import tf2onnx
 
-    spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+    spec = ref.spec
     saved = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
     model = _float32_model(ref, saved)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
@@ -102,14 +87,8 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     except Exception as e:
         raise ExportError(f"{ref.label}: ONNX conversion failed ({type(e).__name__}: {str(e).splitlines()[0]})") \
             from None
-    meta = {k: ref.metadata.get(k) for k in ("name", "version", "created", "arch", "class_names", "preprocessing",
-                                             "image_size", "channels")}
-    meta["opset"] = opset
-    props = {METADATA_KEY: json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
-             "preprocessing": json.dumps(meta["preprocessing"]), "image_size": json.dumps(meta["image_size"]),
-             "channels": str(meta["channels"])}
     del onnx_model.metadata_props[:]
-    for k, v in props.items():
+    for k, v in metadata_props(ref.metadata, opset=opset).items():
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx_model.producer_name = "imgclf"

@@ -5,23 +5,24 @@ order as soon as each batch is done. The ONNX path never imports TensorFlow.
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 import queue
 import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from imgclf.errors import ImageError, UsageError
-from imgclf.data.pipeline import InOrderMapper
-from imgclf.preprocessing import PreprocessingSpec, load_image
+from imgclf.config import BACKENDS, OUTPUT_FORMATS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
+from imgclf.errors import DataError, ImageError, UsageError
+from imgclf.data.files import InOrderMapper
+from imgclf.preprocessing import load_image
 from imgclf.registry import ModelRef
 
-BACKENDS = ("auto", "keras", "onnx")
 
 
 class Classifier:
@@ -31,7 +32,7 @@ class Classifier:
 
     def __init__(self, ref: ModelRef):
         self.ref = ref
-        self.spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+        self.spec = ref.spec
         self.class_names: List[str] = list(ref.metadata["class_names"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -66,10 +67,9 @@ class KerasClassifier(Classifier):
         super().__init__(ref)
         if ref.onnx_only:
             raise UsageError(f"{ref.onnx_path}: a standalone .onnx file runs with --backend onnx only")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
+        from imgclf.tf_quiet import import_keras
 
-        self.model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
+        self.model = import_keras().models.load_model(ref.keras_path, compile=False, safe_mode=True)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core
@@ -120,6 +120,70 @@ def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], t
             for path, n, p in zip(paths, names, top)]
 
 
+def check_predict_args(top_k: int, batch_size: int) -> None:
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+CSV_HEADER = ["path", "label", "confidence", "top_k", "error"]
+
+
+def write_predictions(batches: Iterable[List[dict]], fmt: str, out, top_k: int) -> Tuple[int, int]:
+    """Write result rows to `out` as fmt (table | json | jsonl | csv); returns (images, failed).
+    jsonl and csv stream: each batch is written and flushed as soon as the model has classified it; json
+    and the table need every row first."""
+    if fmt not in ("jsonl", "csv"):
+        rows = [r for batch in batches for r in batch]
+        if rows and fmt == "json":
+            out.write(json.dumps(rows, indent=2) + "\n")
+        elif rows:
+            from imgclf.console import print_predictions
+            print_predictions(rows, top_k)
+        return len(rows), sum(r["error"] is not None for r in rows)
+    total = failed = 0
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    writer = csv.writer(out)
+    for rows in batches:
+        if fmt == "jsonl":
+            out.write("".join([encode(r) + "\n" for r in rows]))
+        else:
+            if not total:
+                writer.writerow(CSV_HEADER)
+            writer.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
+                              ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
+                             for r in rows)
+        out.flush()
+        total += len(rows)
+        failed += sum(r["error"] is not None for r in rows)
+    return total, failed
+
+
+def nothing_to_classify(images: Sequence[str]) -> DataError:
+    """The error for inputs that held no image at all (a folder without images, an empty stdin)."""
+    from imgclf.config import IMAGE_EXTENSIONS
+
+    folders = [i for i in images if i != "-"]
+    reasons = [f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(folders)}"] if folders else []
+    reasons += ["no paths on stdin"] if "-" in images else []
+    return DataError("nothing to classify: " + "; ".join(reasons))
+
+
+def predict_to(out, images: Sequence[str], clf: Classifier, fmt: str, top_k: int = PREDICT_TOP_K,
+               batch_size: int = PREDICT_BATCH_SIZE) -> int:
+    """`imgclf predict`: classify IMAGES (files, folders, '-' for stdin) and write one row per image to
+    `out`. Returns how many images could not be classified; DataError when there was nothing to classify."""
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    check_predict_args(top_k, batch_size)
+    total, failed = write_predictions(predict_batches(clf, expand_inputs(images), top_k, batch_size), fmt, out,
+                                      min(top_k, len(clf.class_names)))
+    if not total:
+        raise nothing_to_classify(images)
+    return failed
+
+
 class _Failure:
     """An exception raised while listing the inputs: re-raised by the consumer after the rows before it."""
 
@@ -127,7 +191,8 @@ class _Failure:
         self.error = error
 
 
-def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
+def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = PREDICT_TOP_K,
+                    batch_size: int = PREDICT_BATCH_SIZE,
                     workers: Optional[int] = None) -> Iterator[List[dict]]:
     """Yield lists of result rows (one per path, in input order; an unusable image gets a row with
     `error` set), a list per model call: a writer can flush once a batch, not once a line.
@@ -140,13 +205,17 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
       another thread for the GIL;
     - a model thread runs the classifier (onnxruntime and TensorFlow let go of the GIL while they
       compute) on that batch while the calling thread decodes the next one.
-    When decoding turns out to be slow per image (photos: `pipeline.InOrderMapper`), batches are
+    When decoding turns out to be slow per image (photos: `data.files.InOrderMapper`), batches are
     decoded by `workers` threads instead. The oldest batch is yielded as soon as nothing else can be
     done (no more input waiting), so a path written to an open stdin gets its result without waiting
-    for more input."""
-    top_k = max(1, min(top_k, len(clf.class_names)))
+    for more input.
+
+    One function on purpose (~100 lines): the reader, the decoder and the model thread share the queue,
+    the back-pressure counter and the stop flag, and the order of their hand-offs is the whole design;
+    split into pieces it would read as four functions passing the same five objects around."""
+    check_predict_args(top_k, batch_size)
+    top_k = min(top_k, len(clf.class_names))  # "top 5" of a 3-class model: all 3
     spec = clf.spec
-    batch_size = max(1, int(batch_size))
     incoming: "queue.SimpleQueue" = queue.SimpleQueue()   # paths, then `end` or a _Failure
     end = object()
     stop = threading.Event()

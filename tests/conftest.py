@@ -106,8 +106,16 @@ def installed_imgclf() -> Path:
 PAUSE_AT = r"""
 import importlib, os, sys, time
 target, marker, when, condition = sys.argv[1:5]
-module_name, func_name = target.rsplit(".", 1)
-module = importlib.import_module(module_name)
+parts = target.split(".")
+for cut in range(len(parts) - 1, 0, -1):      # the longest importable module, then attributes (a class)
+    try:
+        module = importlib.import_module(".".join(parts[:cut]))
+        break
+    except ImportError:
+        continue
+for attr in parts[cut:-1]:
+    module = getattr(module, attr)
+func_name = parts[-1]
 real = getattr(module, func_name)
 def pause():
     open(marker, "w").close()

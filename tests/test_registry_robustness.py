@@ -166,7 +166,7 @@ KILL_POINTS = {
     # the staging folder exists, nothing is in it yet
     "staging created": ("imgclf.registry.new_staging", "after", "True"),
     # epoch 1 is checkpointed (BackupAndRestore runs first) and its history row written
-    "epoch 1 checkpointed": ("imgclf.train._append_history", "after", "True"),
+    "epoch 1 checkpointed": ("imgclf.runs.Run.append_history", "after", "True"),
     # metadata.json is in the staging folder, the lock is held, the rename into NAME/VERSION not yet done
     "inside the commit rename": ("os.rename", "before",
                                  "os.path.basename(os.path.dirname(str(args[0]))) == '.staging'"),
@@ -210,15 +210,14 @@ def test_interrupt_after_one_epoch_then_resume_continues_the_weights(tmp_path, s
     shutil.copytree(slow_data, data)
     registry = tmp_path / "reg"
     marker = tmp_path / "epoch-1-logged"
-    proc = start_paused("imgclf.train._append_history", marker, "train", data, "--registry", registry,
+    proc = start_paused("imgclf.runs.Run.append_history", marker, "train", data, "--registry", registry,
                         "--patience", 0, "--epochs", 3, "--image-size", 16, "--arch", "mlp", "--batch-size", 4,
                         "--name", "resumed")
     wait_for(marker, proc)
     (run,) = staged_runs(registry)
     # a run whose process is alive is not resumed a second time
     line = error_line(cli("train", "--resume", run.name, "--registry", registry))
-    assert line == (f"error: run {run.name} is still in progress (process {proc.pid}); resume it once that "
-                    "process has ended")
+    assert line == f"error: run {run.name} is still in progress (process {proc.pid}); wait for it or stop it first"
     proc.send_signal(signal.SIGINT)                       # Ctrl-C, while the first epoch is being logged
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -75,14 +75,16 @@ def build_transfer(family: str, input_shape, num_classes, cfg):
     import keras
     from keras import layers
 
+    from imgclf.architectures import get_architecture
+
     weights = getattr(cfg, "weights", None) or "imagenet"
     alpha = getattr(cfg, "alpha", 1.0)
+    pretrained = get_architecture(family).starts_pretrained(weights)
     backbone = _make_backbone(family, input_shape, alpha, weights)
     backbone.name = BACKBONE_NAME
     # Pretrained: freeze the backbone and keep its BatchNorm in inference mode (phase 1 trains the head).
     # Random init: there is nothing to protect, so the whole network trains, BatchNorm included
     # (a frozen random backbone gives chance-level features: 10% on 10 classes in bench/transfer.py).
-    pretrained = weights != "none"
     backbone.trainable = not pretrained
     if not pretrained:
         # Keras builds these backbones with BatchNorm momentum 0.999: its moving averages need thousands
@@ -107,24 +109,21 @@ def build_transfer(family: str, input_shape, num_classes, cfg):
 def unfreeze_top(model, amount: float) -> int:
     """Phase 2: unfreeze the top `amount` layers of the backbone (a count when >= 1, else a fraction).
     BatchNorm layers stay frozen. Returns how many layers became trainable."""
+    from keras.layers import BatchNormalization
+
     backbone = model.get_layer(BACKBONE_NAME)
     backbone.trainable = True
     n = len(backbone.layers)
     k = int(amount) if amount >= 1 else max(1, int(round(n * amount)))
     k = min(k, n)
     for i, layer in enumerate(backbone.layers):
-        layer.trainable = i >= n - k and not isinstance(layer, keras_bn())
+        layer.trainable = i >= n - k and not isinstance(layer, BatchNormalization)
     return k
 
 
-def keras_bn():
-    import keras
-    return keras.layers.BatchNormalization
-
-
 def _register(family, description):
-    @register_architecture(family, default_size=224, allowed_sizes=MOBILENET_SIZES, pretrained=True,
-                           description=description)
+    @register_architecture(family, default_size=224, allowed_sizes=MOBILENET_SIZES, takes_weights=True,
+                           unfreeze=unfreeze_top, description=description)
     def build(input_shape, num_classes, cfg=None, _family=family):
         return build_transfer(_family, input_shape, num_classes, cfg)
     return build

@@ -10,14 +10,14 @@ import os
 import random
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from imgclf.config import DEFAULT_SEED, SPLIT_MODES, SPLIT_TEST, SPLIT_VAL
 from imgclf.data.scan import Dataset, find_split_dirs, require_trainable, scan
 from imgclf.errors import DataError, UsageError
 
-MODES = ("copy", "symlink", "hardlink")
 MANIFEST = "split_manifest.csv"
 
 
@@ -25,8 +25,19 @@ MANIFEST = "split_manifest.csv"
 class SplitResult:
     dest: str
     counts: Dict[str, Dict[str, int]]     # split -> class -> images
-    assignments: List[dict]               # manifest rows
     dataset: Dataset
+
+
+@dataclass
+class Splits:
+    """What training reads: paths and labels of each split, with the class names in index order."""
+
+    class_names: List[str]
+    train: Dataset
+    val: Optional[Dataset]
+    test: Optional[Dataset]
+    held_out: bool = False       # val was held out of train in memory (the data had no val/)
+    problems: list = field(default_factory=list)
 
 
 def split_counts(n: int, val: float, test: float):
@@ -62,6 +73,33 @@ def assign(ds: Dataset, val: float, test: float, seed: int) -> Dict[str, str]:
     return out
 
 
+def load_splits(data, val_split: float, seed: int) -> Splits:
+    """A split root (train/ + val/ and/or test/) or a plain class-folder tree. Without a val/, a
+    stratified, seeded `val_split` of the training images is held out in memory (nothing is copied)."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    dirs = find_split_dirs(root) if root.is_dir() else None
+    train = scan(dirs["train"] if dirs else root)
+    require_trainable(train)
+    val = scan(dirs["val"], class_names=train.class_names) if dirs and "val" in dirs else None
+    test = scan(dirs["test"], class_names=train.class_names) if dirs and "test" in dirs else None
+    problems = train.problems + (val.problems if val else []) + (test.problems if test else [])
+    held_out = val is None and val_split > 0
+    if held_out:
+        train, val = hold_out(train, val_split, seed)
+    return Splits(train.class_names, train, val, test, held_out, problems)
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int):
+    """(train, val) Datasets: a stratified, seeded `fraction` of each class moved to val."""
+    where = assign(ds, fraction, 0.0, seed)
+    tr = [s for s in ds.samples if where[s.path] == "train"]
+    va = [s for s in ds.samples if where[s.path] == "val"]
+    return (Dataset(ds.root, ds.class_names, tr, ds.problems, ds.empty_classes),
+            Dataset(ds.root, ds.class_names, va, [], []) if va else None)
+
+
 def place_file(src: str, dst: Path, mode: str) -> None:
     """Copy, symlink or hardlink `src` to `dst` (parents created)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +111,14 @@ def place_file(src: str, dst: Path, mode: str) -> None:
         os.link(os.path.realpath(src), dst)
 
 
-def split_dataset(src, dest, val: float = 0.1, test: float = 0.1, seed: int = 42, mode: str = "copy",
+# split_dataset (~60 lines) is kept whole: its checks, then one staging folder filled and swapped in; the
+# try/finally that guarantees "a crash leaves DEST as it was" has to see all of it.
+def split_dataset(src, dest, val: float = SPLIT_VAL, test: float = SPLIT_TEST, seed: int = DEFAULT_SEED,
+                  mode: str = "copy",
                   force: bool = False, progress: Optional[Callable[[int], None]] = None) -> SplitResult:
     src, dest = Path(src), Path(dest)
-    if mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
     for name, v in (("val", val), ("test", test)):
         if not 0 <= v < 1:
             raise UsageError(f"--{name} must be between 0 and 1, got {v}")
@@ -130,4 +171,4 @@ def split_dataset(src, dest, val: float = 0.1, test: float = 0.1, seed: int = 42
                 os.replace(staging / name, old)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return SplitResult(str(dest), counts, rows, ds)
+    return SplitResult(str(dest), counts, ds)
