@@ -100,7 +100,7 @@ def installed_imgclf() -> Path:
 
 
 # A child `imgclf` that stops at a known point of its run: it wraps MODULE.FUNCTION so that, when the call
-# matches CONDITION (a Python expression over `args`), it writes MARKER and sleeps, before or after the real
+# matches CONDITION (a Python expression over `args` and `kwargs`), it writes MARKER and sleeps, before or after the real
 # call (WHEN). The test waits for MARKER, then signals the paused process, so the signal lands exactly there
 # (not "some time after" a fixed delay).
 PAUSE_AT = r"""
@@ -121,7 +121,7 @@ def pause():
     open(marker, "w").close()
     time.sleep(600)
 def paused(*args, **kwargs):
-    hit = eval(condition, {"os": os}, {"args": args})
+    hit = eval(condition, {"os": os}, {"args": args, "kwargs": kwargs})
     if hit and when == "before":
         pause()
     result = real(*args, **kwargs)

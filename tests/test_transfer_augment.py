@@ -131,7 +131,8 @@ def test_resume_across_the_head_to_fine_tune_boundary(tmp_path, colour_split, ba
                         "--arch", "mobilenet_v2", "--alpha", "0.35", "--weights", path, "--image-size", "96",
                         "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "10", "--batch-size", "16",
                         "--patience", "0", "--registry", reg, "--name", "ft",
-                        condition="str(args[1]).endswith('after-head.weights.h5')")
+                        condition="str(args[1] if len(args) > 1 else kwargs.get('filepath', ''))"
+                                  ".endswith('after-head.weights.h5')")
     wait_for(marker, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
