@@ -28,6 +28,7 @@ Flip = Literal[C.FLIP_MODES]
 SplitMode = Literal[C.SPLIT_MODES]
 Backend = Literal[C.BACKENDS]
 ClassWeight = Literal[C.CLASS_WEIGHTS]
+Calibrate = Literal[C.CALIBRATION_METHODS]
 OutFormat = Literal[C.OUTPUT_FORMATS]
 TableOrJson = Literal["table", "json"]
 
@@ -231,6 +232,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
           mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
                                                help="float16 compute (for GPUs); exports stay float32."),
+          calibrate: Calibrate = typer.Option(TRAIN.calibrate, help="temperature: fit the confidence on the "
+                                                                    "val split (see `evaluate`)."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
           registry: Optional[Path] = RegistryOpt,
@@ -249,7 +252,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                         lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                         alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                         class_weight=class_weight, augment=aug, augment_policy=augment,
-                        mixed_precision=mixed_precision)
+                        mixed_precision=mixed_precision, calibrate=calibrate)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
     if format == "json":
         _print_json({"name": meta["name"], "version": meta["version"], "path": meta["path"],
@@ -271,6 +274,9 @@ def evaluate(model: str = ModelArg(),
              backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
              format: TableOrJson = typer.Option("table", "--format"),
              force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+             target_accuracy: Optional[float] = typer.Option(None, metavar="A", help="Also find the lowest "
+                                                             "confidence threshold that reaches accuracy A on "
+                                                             "this data (for predict --min-confidence)."),
              html: bool = typer.Option(True, "--html/--no-html", help="Write report.html, one self-contained "
                                                                       "page (default), or not."),
              open_report: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
@@ -278,7 +284,8 @@ def evaluate(model: str = ModelArg(),
                                                help="Thumbnails inlined in report.html (mistakes first); the "
                                                     "other images are listed by path."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images, and report.html."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix, misclassified images, calibration (ECE,
+    NLL, Brier), risk-coverage, and report.html."""
     from imgclf import registry as reg
     from imgclf.evaluate import OUTPUT_FILES, evaluate as run_eval
 
@@ -287,7 +294,7 @@ def evaluate(model: str = ModelArg(),
         raise UsageError("--open needs the report: drop --no-html")
     rep = _reporter(quiet)
     report = run_eval(reg.resolve(registry, model), data, out=out, backend=backend, force=force, reporter=rep,
-                      html=html, report_images=report_images)
+                      html=html, report_images=report_images, target_accuracy=target_accuracy)
     if open_report:
         from imgclf.report import open_in_browser
         open_in_browser(report["report_html"], rep)
@@ -314,19 +321,52 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
                                                                               "else jsonl."),
             backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
             batch_size: int = typer.Option(C.PREDICT_BATCH_SIZE, help="Images per batch."),
+            min_confidence: Optional[float] = typer.Option(None, metavar="P", help="Abstain below this top "
+                                                           "probability: label null (uncertain in the table), "
+                                                           "abstained true; not an error."),
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
     from imgclf import registry as reg
+    from imgclf.calibration import check_probability
     from imgclf.predict import check_predict_args, load_classifier, predict_to
 
     check_predict_args(top_k, batch_size)  # before loading a model
+    check_probability("min-confidence", min_confidence)
     fmt = format or ("table" if sys.stdout.isatty() else "jsonl")
     failed = predict_to(sys.stdout, images, load_classifier(reg.resolve(registry, model), backend), fmt,
-                        top_k=top_k, batch_size=batch_size)
+                        top_k=top_k, batch_size=batch_size, min_confidence=min_confidence)
     if failed:
         from imgclf.console import error
         error(f"{failed} image(s) could not be classified")
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- compare
+@app.command()
+@handle_errors
+def compare(model_a: str = ModelArg(help="Model A (e.g. the one in production)."),
+            model_b: str = ModelArg(help="Model B (e.g. the candidate)."),
+            data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
+            out: Optional[Path] = typer.Option(None, help="Folder for compare.json, disagreements.csv/.png "
+                                                          "(default: B's registry folder, compare/A/)."),
+            backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+            format: TableOrJson = typer.Option("table", "--format"),
+            force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
+    """Compare two models image by image: accuracies, per-class recall, the images only one gets right,
+    McNemar's exact test."""
+    from imgclf import registry as reg
+    from imgclf.compare import OUTPUT_FILES, compare_models
+
+    rep = _reporter(quiet)
+    report = compare_models(reg.resolve(registry, model_a), reg.resolve(registry, model_b), data, out=out,
+                            backend=backend, force=force, reporter=rep)
+    if format == "json":
+        _print_json(report)
+        return
+    from imgclf.console import print_compare
+    print_compare(report)
+    rep.info(f"wrote {', '.join(OUTPUT_FILES)} to {report['outputs']}")
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -447,11 +487,28 @@ def models_clean(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask
 @handle_errors
 def models_tag(model: str = ModelArg(help="NAME:VERSION to tag."),
                alias: str = typer.Argument(..., help="Tag, used as NAME:TAG (e.g. prod)."),
-               registry: Optional[Path] = RegistryOpt):
+               gate: Optional[Path] = typer.Option(None, metavar="DATA", help="Move the tag only if the model, "
+                                                   "compared on DATA with the version holding the tag, passes "
+                                                   "the limits below (else exit 1, tag unchanged)."),
+               max_regressions: Optional[int] = typer.Option(None, metavar="N", help="--gate: at most N images "
+                                                             "the current version gets right may turn wrong "
+                                                             "(default: no limit)."),
+               min_accuracy_delta: float = typer.Option(0.0, metavar="D", help="--gate: the accuracy may fall "
+                                                        "by at most D (default 0: at least as accurate; "
+                                                        "negative: must gain -D)."),
+               registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Give a model version an alias: NAME:ALIAS then resolves to it."""
     from imgclf import registry as reg
 
-    ref = reg.set_tag(registry, model, alias)
+    if gate is None:
+        if max_regressions is not None or min_accuracy_delta != 0.0:
+            from imgclf.errors import UsageError
+            raise UsageError("--max-regressions and --min-accuracy-delta apply with --gate DATA only")
+        ref = reg.set_tag(registry, model, alias)
+    else:
+        from imgclf.compare import gated_tag
+        ref = reg.resolve(registry, gated_tag(registry, model, alias, gate, max_regressions, min_accuracy_delta,
+                                              reporter=_reporter(quiet))["tagged"])
     _reporter().info(f"{ref.metadata['name']}:{alias} -> version {ref.metadata['version']}")
 
 

@@ -35,6 +35,7 @@ SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the or
 BACKENDS = ("auto", "keras", "onnx")            # auto: the ONNX export when there is one
 OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 CLASS_WEIGHTS = ("none", "auto")                # auto: inverse class frequency
+CALIBRATION_METHODS = ("temperature", "none")   # train --calibrate: temperature fitted on val (calibration.py)
 
 # Defaults of the commands other than train (train's are TrainConfig's fields, below)
 DEFAULT_SEED = 42
@@ -109,6 +110,7 @@ class TrainConfig:
     augment_policy: str = "none"
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
+    calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -126,6 +128,8 @@ class TrainConfig:
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
         if self.class_weight not in CLASS_WEIGHTS:
             raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        if self.calibrate not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibrate must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibrate!r}")
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()

@@ -102,7 +102,7 @@ def print_confusion(class_names: Sequence[str], matrix, console: Console = None)
 def print_predictions(rows: List[dict], top_k: int, console: Console = None) -> None:
     """`imgclf predict` on a terminal: one row per image; failures say why in the label column."""
     print_table(None, ["path", "label", "confidence", f"top {top_k}"],
-                [[r["path"], r["label"] or f"error: {r['error']}",
+                [[r["path"], "uncertain" if r.get("abstained") else r["label"] or f"error: {r['error']}",
                   "" if r["confidence"] is None else f"{r['confidence']:.3f}",
                   ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])] for r in rows], console)
 
@@ -140,3 +140,52 @@ def print_evaluation(report: dict, console: Console = None) -> None:
         print_table(f"most confident mistakes ({len(report['misclassified'])} in all)",
                     ["path", "true", "predicted", "confidence"],
                     [[m["path"], m["true"], m["predicted"], f"{m['confidence']:.3f}"] for m in worst], console)
+    if "calibration" in report:
+        print_calibration(report, console)
+
+
+def print_calibration(report: dict, console: Console = None):
+    """`imgclf evaluate`: calibration before/after, the risk-coverage table and the --target-accuracy answer."""
+    console = console or out_console
+    cal = report["calibration"]
+    print_table(f"confidence calibration (temperature {cal['temperature']:.3f})", ["metric", "uncalibrated",
+                                                                                    "calibrated"],
+                [[f"ECE ({cal['bins']} bins)", f"{cal['ece_uncalibrated']:.4f}", f"{cal['ece']:.4f}"],
+                 ["NLL", f"{cal['nll_uncalibrated']:.4f}", f"{cal['nll']:.4f}"],
+                 ["Brier", f"{cal['brier_uncalibrated']:.4f}", f"{cal['brier']:.4f}"]], console=console)
+    print_table("risk-coverage (images whose top probability >= threshold)", ["threshold", "coverage", "accuracy"],
+                [[f"{r['threshold']:.2f}", f"{r['coverage']:.3f}",
+                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in report["risk_coverage"]],
+                console=console)
+    target = report.get("target_accuracy")
+    if target:
+        if target["threshold"] is None:
+            console.print(f"no confidence threshold reaches accuracy {target['target']:.4f} on this data",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print(f"accuracy {target['target']:.4f}: lowest threshold {target['threshold']:.6f} keeps "
+                          f"{target['coverage']:.1%} of the images (accuracy {target['accuracy']:.4f} on them)",
+                          markup=False, soft_wrap=True)
+
+
+def print_compare(report: dict, console: Console = None, max_rows: int = 10):
+    """`imgclf compare`: both accuracies, the 2x2 agreement counts, McNemar's p, per-class recall, disagreements."""
+    console = console or out_console
+    console.print(f"A = {report['model_a']}, B = {report['model_b']} on {report['data']} ({report['images']} "
+                  f"images): accuracy A {report['accuracy_a']:.4f}, B {report['accuracy_b']:.4f} "
+                  f"({report['accuracy_delta']:+.4f})", markup=False, soft_wrap=True)
+    print_table("image by image", ["", "B right", "B wrong"],
+                [["A right", report["both_right"], report["only_a_right"]],
+                 ["A wrong", report["only_b_right"], report["both_wrong"]]], console=console)
+    console.print(f"McNemar exact test on the {report['only_a_right'] + report['only_b_right']} images only one "
+                  f"gets right: p = {report['mcnemar_p']:.4g}", markup=False, soft_wrap=True)
+    print_table("recall per class", ["class", "A", "B", "B - A"],
+                [[r["class"], "" if r["recall_a"] is None else f"{r['recall_a']:.3f}",
+                  "" if r["recall_b"] is None else f"{r['recall_b']:.3f}",
+                  "" if r["delta"] is None else f"{r['delta']:+.3f}"] for r in report["per_class"]], console=console)
+    rows = report["disagreements"]
+    if rows:
+        print_table(f"images only one model gets right ({len(rows)}; first {min(len(rows), max_rows)})",
+                    ["path", "true", "A", "B"],
+                    [[r["path"], r["true"], f"{r['pred_a']} {r['conf_a']:.3f}", f"{r['pred_b']} {r['conf_b']:.3f}"]
+                     for r in rows[:max_rows]], console=console)

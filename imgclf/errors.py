@@ -37,3 +37,7 @@ class ModelError(ImgclfError):
 
 class ExportError(ImgclfError):
     """ONNX export failed or the exported model disagrees with Keras."""
+
+
+class GateRefused(ImgclfError):
+    """`imgclf models tag --gate`: the candidate did not pass the comparison; the tag is unchanged."""

@@ -17,7 +17,7 @@ from imgclf.errors import DataError, UsageError
 from imgclf.predict import load_classifier, predict_probabilities
 
 OUTPUT_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
-                "misclassified.png")
+                "misclassified.png", "reliability.png", "risk_coverage.png")
 
 
 def evaluation_folder(data) -> Path:
@@ -32,13 +32,19 @@ def evaluation_folder(data) -> Path:
 
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None, html: bool = True, report_images: int = 200) -> dict:
+             force: bool = False, reporter=None, html: bool = True, report_images: int = 200,
+             target_accuracy: Optional[float] = None) -> dict:
     """Run the model on DATA (test/ of a split root, else val/, else the tree), write OUTPUT_FILES to `out`
     (default: the model's evaluation/ folder; an existing --out is overwritten only with `force`) and
     record the headline figures in the model's metadata; with `html`, also report.html (imgclf/report.py,
-    `report_images` thumbnails). Returns the report (`--format json`)."""
+    `report_images` thumbnails). Returns the report (`--format json`).
+    Every figure uses the calibrated probabilities; the calibration ones also the uncalibrated (T = 1)."""
+    from imgclf.calibration import check_probability, evaluation_report
+    from imgclf.plots import reliability_png, risk_coverage_png
+
     if report_images < 0:
         raise UsageError(f"--report-images must be 0 or more, got {report_images}")
+    check_probability("target-accuracy", target_accuracy)
     folder = evaluation_folder(data)
     user_out = out is not None
     out = Path(out) if out else (ref.path / "evaluation")
@@ -48,16 +54,22 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
     d, problems = _decode_folder(folder, clf, reporter)
-    probs = predict_probabilities(clf, np.asarray(d.pixels))
+    raw = predict_probabilities(clf, np.asarray(d.pixels), calibrated=False)
+    confidence_report, probs = evaluation_report(raw, d.labels, clf.temperature, target_accuracy)
     scores, wrong = score(d.labels, probs, clf.class_names, d.paths)
     report = {"model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend,
               "images": int(len(d.labels)), "skipped": len(problems)} | scores
+    report = {k: v for k, v in report.items() if k != "misclassified"} | confidence_report | \
+        {"misclassified": report["misclassified"]}
     write_outputs(out, report, [d.pixels[i] for i in wrong[:25]])
+    reliability_png(out / "reliability.png", report["reliability"], report["calibration"])
+    risk_coverage_png(out / "risk_coverage.png", probs, d.labels, report["risk_coverage"],
+                      report.get("target_accuracy"))
     report["outputs"] = str(out)
     if not ref.onnx_only:
         registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
                                                   "macro_f1": report["macro_f1"], "images": report["images"],
-                                                  "outputs": str(out)})
+                                                  "ece": report["calibration"]["ece"], "outputs": str(out)})
     if html:
         from imgclf.report import write_report
         report["report_html"] = str(write_report(

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from imgclf import registry
+from imgclf.calibration import apply_temperature, temperature_of
 from imgclf.config import EXPORT_OPSET
 from imgclf.errors import ExportError, ImageError, UsageError
 from imgclf.onnx_meta import metadata_props
@@ -81,25 +82,30 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     saved = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
     model = _float32_model(ref, saved)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
-    fn = tf.function(lambda x: {"probabilities": model(x, training=False)}, input_signature=signature)
+    # the model's temperature goes inside the graph: a deployment without imgclf gets calibrated numbers
+    temperature = temperature_of(ref.metadata)
+    fn = tf.function(lambda x: {"probabilities": apply_temperature(model(x, training=False), temperature,
+                                                                   xp=tf.experimental.numpy)},
+                     input_signature=signature)
     try:
         onnx_model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as e:
         raise ExportError(f"{ref.label}: ONNX conversion failed ({type(e).__name__}: {str(e).splitlines()[0]})") \
             from None
     del onnx_model.metadata_props[:]
-    for k, v in metadata_props(ref.metadata, opset=opset).items():
+    calibration = dict(ref.metadata.get("calibration") or {"method": "none"}, temperature=temperature, in_graph=True)
+    for k, v in metadata_props(ref.metadata, opset=opset, calibration=calibration).items():
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx_model.producer_name = "imgclf"
     onnx_model.doc_string = (f"imgclf model {ref.label}: input 'image' float32 NHWC raw pixels 0..255, "
                              f"{spec.image_size[0]}x{spec.image_size[1]}x{spec.channels}; output probabilities "
-                             f"over class_names (metadata_props)")
+                             f"over class_names (metadata_props), calibrated with temperature {temperature:g}")
 
     tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / "model.onnx"
     try:
         onnx.save(onnx_model, str(tmp))
-        report = verify(ref, model, tmp, spec, check_paths, saved=saved)
+        report = verify(ref, model, tmp, spec, check_paths, temperature, saved=saved)
         targets = [ref.path / registry.ONNX_FILE] + ([Path(out)] if out else [])
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,14 +116,16 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
         shutil.rmtree(tmp.parent, ignore_errors=True)
     report.update(path=str(ref.path / registry.ONNX_FILE), out=str(out) if out else None, opset=opset)
     registry.update_metadata(ref, onnx={k: report[k] for k in ("opset", "checked_images", "max_abs_diff",
-                                                                "top1_agreement", "check_source",
+                                                                "top1_agreement", "check_source", "temperature",
                                                                 "max_abs_diff_saved", "saved_tolerance")
                                         if k in report})
     return report
 
 
-def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, saved=None) -> dict:
+def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, temperature: float = 1.0,
+           saved=None) -> dict:
     """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE.
+    Both sides are calibrated: Keras' output through apply_temperature, the ONNX graph holds T itself.
     `model` is the graph that was converted; `saved`, when it is another one (a mixed-precision model), the
     model as saved, checked too (within MIXED_PRECISION_TOLERANCE; top-1 may differ only on near-ties)."""
     import onnxruntime as ort
@@ -131,17 +139,18 @@ def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=Non
         pixels = rng.integers(0, 256, size=(8,) + spec.shape, dtype=np.uint8)
         source = "random pixels (the training images were not found)"
     x = pixels.astype(np.float32)
-    keras_p = np.asarray(model(x, training=False), dtype=np.float32)
+    keras_p = apply_temperature(np.asarray(model(x, training=False), dtype=np.float32), temperature)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_p = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     diff = float(np.max(np.abs(keras_p - onnx_p)))
     agree = float(np.mean(keras_p.argmax(1) == onnx_p.argmax(1)))
-    report = {"checked_images": int(len(x)), "max_abs_diff": diff, "top1_agreement": agree, "check_source": source}
+    report = {"checked_images": int(len(x)), "max_abs_diff": diff, "top1_agreement": agree, "check_source": source,
+              "temperature": temperature}
     if agree < 1.0 or diff > TOLERANCE:
         raise ExportError(f"{ref.label}: ONNX disagrees with Keras on {len(x)} {source} (top-1 agreement "
                           f"{agree:.3f}, max |dp| {diff:.2e} > {TOLERANCE:g}); not saved")
     if saved is not None and saved is not model:
-        saved_p = np.asarray(saved(x, training=False), dtype=np.float32)
+        saved_p = apply_temperature(np.asarray(saved(x, training=False), dtype=np.float32), temperature)
         saved_diff = float(np.max(np.abs(saved_p - onnx_p)))
         report.update(max_abs_diff_saved=saved_diff, saved_tolerance=MIXED_PRECISION_TOLERANCE)
         if saved_diff > MIXED_PRECISION_TOLERANCE:

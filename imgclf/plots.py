@@ -85,6 +85,123 @@ def misclassified_png(path, rows: List[dict], pixels: List[np.ndarray], max_imag
     img.save(path)
 
 
+# ------------------------------------------------------------------------ calibration and risk-coverage
+
+
+def _axes(d, box, font, x_label: str, y_label: str, y_range=(0.0, 1.0)):
+    """Draw a frame with ticks at 0, 0.2, ..., 1 (x) and 5 steps of y_range; return data -> pixel mappers."""
+    x0, y0, x1, y1 = box
+    lo, hi = y_range
+    d.rectangle(box, outline="black")
+    for i in range(6):
+        f = i / 5
+        x = x0 + f * (x1 - x0)
+        d.line([x, y1, x, y1 + 4], fill="black")
+        d.text((x - 8, y1 + 6), f"{f:.1f}", fill="black", font=font)
+        y = y1 - f * (y1 - y0)
+        d.line([x0 - 4, y, x0, y], fill="black")
+        d.text((x0 - 34, y - 7), f"{lo + f * (hi - lo):.2f}", fill="black", font=font)
+    d.text(((x0 + x1) // 2 - _text_w(d, x_label, font) // 2, y1 + 22), x_label, fill="black", font=font)
+    d.text((x0 - 34, y0 - 20), y_label, fill="black", font=font)
+    span = (hi - lo) or 1.0
+    return (lambda v: x0 + v * (x1 - x0)), (lambda v: y1 - (v - lo) / span * (y1 - y0))
+
+
+def reliability_png(path, reliability: dict, calibration: dict) -> None:
+    """Reliability diagrams before and after temperature scaling: per confidence bin, the accuracy (bar)
+    against the mean confidence (red mark); a calibrated model's bars meet the diagonal."""
+    font, _ = _font(12)
+    title_font, _ = _font(14)
+    size, margin = 300, 60
+    img = Image.new("RGB", (2 * (size + margin) + margin, size + 2 * margin + 30), "white")
+    d = ImageDraw.Draw(img)
+    d.text((margin, 8), f"reliability ({len(reliability['calibrated'])} bins; bar = accuracy, red = mean "
+                        "confidence, diagonal = perfect calibration)", fill="black", font=title_font)
+    panels = [("uncalibrated", calibration["ece_uncalibrated"], "T = 1"),
+              ("calibrated", calibration["ece"], f"T = {calibration['temperature']:.3f}")]
+    for k, (key, ece_value, t_text) in enumerate(panels):
+        x0 = margin + k * (size + margin)
+        box = (x0, margin, x0 + size, margin + size)
+        fx, fy = _axes(d, box, font, "confidence", "accuracy")
+        d.line([fx(0), fy(0), fx(1), fy(1)], fill=(170, 170, 170), width=1)
+        for b in reliability[key]:
+            if not b["images"]:
+                continue
+            xa, xb = fx(b["low"]) + 1, fx(b["high"]) - 1
+            d.rectangle([xa, fy(b["accuracy"]), xb, fy(0)], fill=(90, 130, 210), outline=(40, 70, 150))
+            yc = fy(b["confidence"])
+            d.line([xa, yc, xb, yc], fill=(200, 30, 30), width=2)
+        d.text((x0 + 6, margin + 6), f"{key} ({t_text})", fill="black", font=font)
+        d.text((x0 + 6, margin + 22), f"ECE {ece_value:.4f}", fill="black", font=font)
+    img.save(path)
+
+
+def risk_coverage_png(path, probs: np.ndarray, labels: np.ndarray, rows: List[dict], target=None) -> None:
+    """Accuracy on the images kept against the share kept, as the confidence threshold rises (right to left),
+    with the table's thresholds marked and, when given, the target accuracy."""
+    font, _ = _font(12)
+    title_font, _ = _font(14)
+    w, h, margin = 520, 340, 60
+    img = Image.new("RGB", (w + 2 * margin, h + 2 * margin + 20), "white")
+    d = ImageDraw.Draw(img)
+    d.text((margin, 8), "risk-coverage: accuracy on the images kept (top probability >= threshold)",
+           fill="black", font=title_font)
+    n = len(labels)
+    if n:
+        conf = probs.max(axis=1)
+        order = np.argsort(-conf, kind="stable")
+        correct = (probs.argmax(axis=1) == labels)[order].astype(float)
+        acc = np.cumsum(correct) / np.arange(1, n + 1)
+        lo = max(0.0, np.floor(float(acc.min()) * 10) / 10 - 0.05)
+    else:
+        acc, lo = np.zeros(0), 0.0
+    fx, fy = _axes(d, (margin, margin, margin + w, margin + h), font, "coverage (share of images kept)",
+                   "accuracy", (lo, 1.0))
+    if target and target.get("target") is not None and target["target"] >= lo:
+        y = fy(target["target"])
+        for x in range(margin, margin + w, 8):
+            d.line([x, y, x + 4, y], fill=(0, 150, 0))
+        d.text((margin + 4, y - 16), f"target {target['target']:.3f}", fill=(0, 120, 0), font=font)
+    if n:
+        d.line([(fx((i + 1) / n), fy(a)) for i, a in enumerate(acc)] if n > 1 else
+               [(fx(1), fy(acc[0]))] * 2, fill=(40, 70, 150), width=2)
+    for r in rows:
+        if r["accuracy"] is None or r["coverage"] <= 0:
+            continue
+        x, y = fx(r["coverage"]), fy(r["accuracy"])
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(200, 30, 30))
+        if r["threshold"] in (0.0, 0.5, 0.9, 0.99):
+            d.text((x + 4, y + 4), f"t={r['threshold']:g}", fill=(150, 20, 20), font=font)
+    img.save(path)
+
+
+def disagreements_png(path, rows: List[dict], pixels: List[np.ndarray], heading: str, max_images: int = 25) -> None:
+    """A grid of images two models disagree on, each titled with the true class and both predictions."""
+    rows, pixels = rows[:max_images], pixels[:max_images]
+    font, _ = _font(12)
+    tile, pad, title_h = 128, 8, 50
+    cols = max(1, min(5, len(rows)))
+    nrows = max(1, (len(rows) + cols - 1) // cols)
+    img = Image.new("RGB", (cols * (tile + pad) + pad, nrows * (tile + title_h + pad) + pad + 24), "white")
+    d = ImageDraw.Draw(img)
+    d.text((pad, 4), heading if rows else "no images where one model is right and the other wrong",
+           fill="black", font=font)
+    for k, (row, arr) in enumerate(zip(rows, pixels)):
+        r, c = divmod(k, cols)
+        x0, y0 = pad + c * (tile + pad), 24 + pad + r * (tile + title_h + pad)
+        pic = Image.fromarray(arr[:, :, 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+        scale = tile / max(pic.size)
+        pic = pic.resize((max(1, int(pic.size[0] * scale)), max(1, int(pic.size[1] * scale))),
+                         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR)
+        img.paste(pic, (x0 + (tile - pic.size[0]) // 2, y0 + title_h))
+        d.text((x0, y0), f"true {row['true']}", fill="black", font=font)
+        for j, key in enumerate(("a", "b")):
+            ok = row[f"pred_{key}"] == row["true"]
+            d.text((x0, y0 + 15 * (j + 1)), f"{key.upper()}: {row[f'pred_{key}']} ({row[f'conf_{key}']:.2f})",
+                   fill=(0, 120, 0) if ok else (180, 0, 0), font=font)
+    img.save(path)
+
+
 # ------------------------------------------------------------------------------------- training curves
 CURVE_COLOURS = {"train": (31, 119, 180), "val": (230, 120, 20)}
 PHASE_FILL = {"train": None, "head": None, "fine-tune": (236, 242, 250)}

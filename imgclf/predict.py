@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from imgclf.calibration import apply_temperature, check_probability, temperature_of
 from imgclf.config import BACKENDS, OUTPUT_FORMATS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
 from imgclf.errors import DataError, ImageError, UsageError
 from imgclf.data.files import InOrderMapper
@@ -26,7 +27,8 @@ from imgclf.registry import ModelRef
 
 
 class Classifier:
-    """probabilities = classifier(uint8 batch of spec.shape images)."""
+    """probabilities = classifier(uint8 batch of spec.shape images): calibrated with the model's temperature
+    (calibration.py; T = 1 for models without one)."""
 
     backend = "?"
 
@@ -34,8 +36,12 @@ class Classifier:
         self.ref = ref
         self.spec = ref.spec
         self.class_names: List[str] = list(ref.metadata["class_names"])
+        self.temperature = temperature_of(ref.metadata)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.probabilities(batch, calibrated=True)
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -55,9 +61,15 @@ class OnnxClassifier(Classifier):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(ref.onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # exports since calibration hold T inside the graph (recorded in their metadata); older ones give
+        # uncalibrated probabilities (T = 1)
+        onnx_meta = json.loads(self.session.get_modelmeta().custom_metadata_map.get("imgclf", "{}"))
+        self.graph_temperature = temperature_of(onnx_meta)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        # the graph applied graph_temperature; softmax(log p / T) composes: T_a then T_b = T_a * T_b
+        return apply_temperature(out, (self.temperature if calibrated else 1.0) / self.graph_temperature)
 
 
 class KerasClassifier(Classifier):
@@ -71,9 +83,10 @@ class KerasClassifier(Classifier):
 
         self.model = import_keras().models.load_model(ref.keras_path, compile=False, safe_mode=True)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core
-        return np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        out = np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        return apply_temperature(out, self.temperature) if calibrated else out
 
 
 def load_classifier(ref: ModelRef, backend: str = "auto") -> Classifier:
@@ -105,19 +118,24 @@ def expand_inputs(items: Sequence[str], stdin=None) -> Iterator[str]:
             yield item
 
 
-def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [clf(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64,
+                          calibrated: bool = True) -> np.ndarray:
+    out = [clf.probabilities(pixels[i:i + batch_size], calibrated) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)
 
 
-def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int) -> List[dict]:
-    """One result row per image, for a whole batch at once (sorting and rounding in NumPy)."""
+def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int,
+          min_confidence: Optional[float] = None) -> List[dict]:
+    """One result row per image, for a whole batch at once (sorting and rounding in NumPy). Below
+    `min_confidence` the row abstains: label None, abstained True (confidence and top_k still given)."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    best = np.take_along_axis(probs, order[:, :1], axis=1)[:, 0]
+    abstained = (best < min_confidence).tolist() if min_confidence is not None else [False] * len(paths)
     top = np.round(np.take_along_axis(probs, order, axis=1).astype(np.float64), 6).tolist()
     names = [[class_names[i] for i in row] for row in order.tolist()]
-    return [{"path": path, "label": n[0], "confidence": p[0],
-             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None}
-            for path, n, p in zip(paths, names, top)]
+    return [{"path": path, "label": None if a_ else n[0], "confidence": p[0],
+             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None, "abstained": a_}
+            for path, n, p, a_ in zip(paths, names, top, abstained)]
 
 
 def check_predict_args(top_k: int, batch_size: int) -> None:
@@ -127,7 +145,7 @@ def check_predict_args(top_k: int, batch_size: int) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-CSV_HEADER = ["path", "label", "confidence", "top_k", "error"]
+CSV_HEADER = ["path", "label", "confidence", "top_k", "error", "abstained"]
 
 
 def write_predictions(batches: Iterable[List[dict]], fmt: str, out, top_k: int) -> Tuple[int, int]:
@@ -152,7 +170,8 @@ def write_predictions(batches: Iterable[List[dict]], fmt: str, out, top_k: int) 
             if not total:
                 writer.writerow(CSV_HEADER)
             writer.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
-                              ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
+                              ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or "",
+                              "true" if r["abstained"] else "false"]
                              for r in rows)
         out.flush()
         total += len(rows)
@@ -171,14 +190,16 @@ def nothing_to_classify(images: Sequence[str]) -> DataError:
 
 
 def predict_to(out, images: Sequence[str], clf: Classifier, fmt: str, top_k: int = PREDICT_TOP_K,
-               batch_size: int = PREDICT_BATCH_SIZE) -> int:
+               batch_size: int = PREDICT_BATCH_SIZE, min_confidence: Optional[float] = None) -> int:
     """`imgclf predict`: classify IMAGES (files, folders, '-' for stdin) and write one row per image to
-    `out`. Returns how many images could not be classified; DataError when there was nothing to classify."""
+    `out`; below `min_confidence` a row abstains (label None, not a failure). Returns how many images
+    could not be classified; DataError when there was nothing to classify."""
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     check_predict_args(top_k, batch_size)
-    total, failed = write_predictions(predict_batches(clf, expand_inputs(images), top_k, batch_size), fmt, out,
-                                      min(top_k, len(clf.class_names)))
+    check_probability("min-confidence", min_confidence)
+    batches = predict_batches(clf, expand_inputs(images), top_k, batch_size, min_confidence=min_confidence)
+    total, failed = write_predictions(batches, fmt, out, min(top_k, len(clf.class_names)))
     if not total:
         raise nothing_to_classify(images)
     return failed
@@ -192,10 +213,11 @@ class _Failure:
 
 
 def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = PREDICT_TOP_K,
-                    batch_size: int = PREDICT_BATCH_SIZE,
-                    workers: Optional[int] = None) -> Iterator[List[dict]]:
+                    batch_size: int = PREDICT_BATCH_SIZE, workers: Optional[int] = None,
+                    min_confidence: Optional[float] = None) -> Iterator[List[dict]]:
     """Yield lists of result rows (one per path, in input order; an unusable image gets a row with
-    `error` set), a list per model call: a writer can flush once a batch, not once a line.
+    `error` set; one whose top probability is below `min_confidence` abstains), a list per model call:
+    a writer can flush once a batch, not once a line.
 
     Three kinds of work overlap:
     - a reader thread takes paths from `paths` as they come (a slow stdin included), at most
@@ -260,11 +282,13 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = PREDICT_
         batch, loaded, good, future = job
         rows: List[Optional[dict]] = [None] * len(batch)
         if future is not None:
-            for i, row in zip(good, _rows([batch[i] for i in good], future.result(), clf.class_names, top_k)):
+            scored = _rows([batch[i] for i in good], future.result(), clf.class_names, top_k, min_confidence)
+            for i, row in zip(good, scored):
                 rows[i] = row
         for i, (p, (_, err)) in enumerate(zip(batch, loaded)):
             if err is not None:
-                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err}
+                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err,
+                           "abstained": False}
         return rows
 
     in_flight: "deque" = deque()  # submitted batches, oldest first

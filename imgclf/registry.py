@@ -324,10 +324,21 @@ def remove(registry, ref: str) -> Path:
     return target
 
 
-def set_tag(registry, ref: str, alias: str) -> ModelRef:
+def check_tag(alias: str) -> str:
     check_name(alias, "tag")
     if alias.isdigit() or alias == "latest":
         raise UsageError(f"invalid tag {alias!r}: a tag cannot be a number or 'latest'")
+    return alias
+
+
+_ANY = object()
+
+
+def set_tag(registry, ref: str, alias: str, expect_version=_ANY) -> ModelRef:
+    """Point NAME:ALIAS at the version `ref`. With `expect_version` (a version number, or None for "no
+    version"), only if the tag is still held by that version (checked under the lock: a gate's decision
+    is never applied to a tag that moved meanwhile)."""
+    check_tag(alias)
     model = resolve(registry, ref)
     if model.onnx_only:
         raise UsageError(f"{ref}: only registry models can be tagged")
@@ -335,6 +346,10 @@ def set_tag(registry, ref: str, alias: str) -> ModelRef:
     name = model.metadata["name"]
     with Lock(root):
         aliases = tags(root, name)
+        if expect_version is not _ANY and aliases.get(alias) != expect_version:
+            from imgclf.errors import ImgclfError
+            raise ImgclfError(f"{name}:{alias} moved to version {aliases.get(alias)} meanwhile; not changed "
+                              "(run the command again)")
         aliases[alias] = int(model.metadata["version"])
         write_json_atomic(root / name / "tags.json", aliases)
     return model
