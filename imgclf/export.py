@@ -50,9 +50,12 @@ def _float32_model(ref: registry.ModelRef, model):
 
 def check_images(ref: registry.ModelRef, spec: PreprocessingSpec, paths: Optional[Sequence[str]]):
     """Pixels for the parity check: the given images, else the model's recorded sample images."""
-    from imgclf.predict import expand_inputs  # folders: their images, recursively
+    from imgclf.data.scan import is_image_name, walk_files
 
-    candidates = list(expand_inputs([str(p) for p in paths])) if paths else list(ref.metadata.get("sample_paths", []))
+    # a folder stands for its image files, recursively (as for `predict`)
+    candidates = [f for p in map(str, paths) for f in ([x for x in walk_files(p) if is_image_name(os.path.basename(x))]
+                                                       if os.path.isdir(p) else [p])] if paths \
+        else list(ref.metadata.get("sample_paths", []))
     arrays, used = [], []
     for p in candidates:
         try:
