@@ -24,6 +24,10 @@ from imgclf.onnx_meta import metadata_props
 from imgclf.preprocessing import PreprocessingSpec, load_image
 
 TOLERANCE = 1e-4
+#: a mixed-precision model computes in float16 (about 3 significant digits); its float32 ONNX export is
+#: checked against it, the model `predict --backend keras` runs, within this (and against its float32
+#: rebuild, the graph that was converted, within TOLERANCE)
+MIXED_PRECISION_TOLERANCE = 5e-3
 
 
 def _float32_model(ref: registry.ModelRef, model):
@@ -46,7 +50,12 @@ def _float32_model(ref: registry.ModelRef, model):
 
 def check_images(ref: registry.ModelRef, spec: PreprocessingSpec, paths: Optional[Sequence[str]]):
     """Pixels for the parity check: the given images, else the model's recorded sample images."""
-    candidates = list(paths or ref.metadata.get("sample_paths", []))
+    from imgclf.data.scan import is_image_name, walk_files
+
+    # a folder stands for its image files, recursively (as for `predict`)
+    candidates = [f for p in map(str, paths) for f in ([x for x in walk_files(p) if is_image_name(os.path.basename(x))]
+                                                       if os.path.isdir(p) else [p])] if paths \
+        else list(ref.metadata.get("sample_paths", []))
     arrays, used = [], []
     for p in candidates:
         try:
@@ -73,8 +82,8 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     import tf2onnx
 
     spec = ref.spec
-    model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
-    model = _float32_model(ref, model)
+    saved = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
+    model = _float32_model(ref, saved)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
     # the model's temperature goes inside the graph: a deployment without imgclf gets calibrated numbers
     temperature = temperature_of(ref.metadata)
@@ -99,7 +108,7 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / "model.onnx"
     try:
         onnx.save(onnx_model, str(tmp))
-        report = verify(ref, model, tmp, spec, check_paths, temperature)
+        report = verify(ref, model, tmp, spec, check_paths, temperature, saved=saved)
         targets = [ref.path / registry.ONNX_FILE] + ([Path(out)] if out else [])
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +119,18 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
         shutil.rmtree(tmp.parent, ignore_errors=True)
     report.update(path=str(ref.path / registry.ONNX_FILE), out=str(out) if out else None, opset=opset)
     registry.update_metadata(ref, onnx={k: report[k] for k in ("opset", "checked_images", "max_abs_diff",
-                                                                "top1_agreement", "check_source", "temperature")})
+                                                                "top1_agreement", "check_source", "temperature",
+                                                                "max_abs_diff_saved", "saved_tolerance")
+                                        if k in report})
     return report
 
 
-def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, temperature: float = 1.0) -> dict:
+def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, temperature: float = 1.0,
+           saved=None) -> dict:
     """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE.
-    Both sides are calibrated: Keras' output through apply_temperature, the ONNX graph holds T itself."""
+    Both sides are calibrated: Keras' output through apply_temperature, the ONNX graph holds T itself.
+    `model` is the graph that was converted; `saved`, when it is another one (a mixed-precision model), the
+    model as saved, checked too (within MIXED_PRECISION_TOLERANCE; top-1 may differ only on near-ties)."""
     import onnxruntime as ort
 
     pixels, used = check_images(ref, spec, check_paths)
@@ -138,4 +152,11 @@ def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=Non
     if agree < 1.0 or diff > TOLERANCE:
         raise ExportError(f"{ref.label}: ONNX disagrees with Keras on {len(x)} {source} (top-1 agreement "
                           f"{agree:.3f}, max |dp| {diff:.2e} > {TOLERANCE:g}); not saved")
+    if saved is not None and saved is not model:
+        saved_p = apply_temperature(np.asarray(saved(x, training=False), dtype=np.float32), temperature)
+        saved_diff = float(np.max(np.abs(saved_p - onnx_p)))
+        report.update(max_abs_diff_saved=saved_diff, saved_tolerance=MIXED_PRECISION_TOLERANCE)
+        if saved_diff > MIXED_PRECISION_TOLERANCE:
+            raise ExportError(f"{ref.label}: ONNX disagrees with the saved model on {len(x)} "
+                              f"{source} (max |dp| {saved_diff:.2e} > {MIXED_PRECISION_TOLERANCE:g}); not saved")
     return report

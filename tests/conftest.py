@@ -28,6 +28,7 @@ atexit.register(shutil.rmtree, os.environ["IMGCLF_HOME"], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -35,6 +36,12 @@ from imgclf.cli import app  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = REPO / "sample_images"
+
+# Hypothesis: the same examples on every run (a CI failure reproduces on a laptop) and no per-example
+# deadline (this machine is shared and noisy). HYPOTHESIS_PROFILE=explore draws new examples each run.
+hypothesis_settings.register_profile("fixed", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 # ------------------------------------------------------------------------------------------ the CLI
 
@@ -58,6 +65,13 @@ def error_line(result) -> str:
     return lines[0]
 
 
+def table_rows(text: str) -> list:
+    """The body rows of a rich table as lists of stripped cells (header and rules left out). A cell that
+    rich wrapped onto more lines shows as extra rows whose other cells are empty."""
+    return [[c.strip() for c in line.strip()[1:-1].split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
+
+
 def run_imgclf(*args, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
     """`python -m imgclf ARGS` in a real process (for what needs one: signals, parallel runs)."""
     return subprocess.run([sys.executable, "-m", "imgclf", *map(str, args)], capture_output=True, text=True,
@@ -69,6 +83,110 @@ def child_env() -> dict:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def user_env() -> dict:
+    """The environment of a user's shell: no PYTHONPATH, so only what `pip install` put in place is found."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def installed_imgclf() -> Path:
+    """The `imgclf` console script that `pip install` wrote next to this interpreter (the README's install)."""
+    script = Path(sys.executable).parent / ("imgclf.exe" if os.name == "nt" else "imgclf")
+    assert script.is_file(), f"no console script {script}: is the package installed (pip install -e .)?"
+    return script
+
+
+# A child `imgclf` that stops at a known point of its run: it wraps MODULE.FUNCTION so that, when the call
+# matches CONDITION (a Python expression over `args` and `kwargs`), it writes MARKER and sleeps, before or after the real
+# call (WHEN). The test waits for MARKER, then signals the paused process, so the signal lands exactly there
+# (not "some time after" a fixed delay).
+PAUSE_AT = r"""
+import importlib, os, sys, time
+target, marker, when, condition = sys.argv[1:5]
+parts = target.split(".")
+for cut in range(len(parts) - 1, 0, -1):      # the longest importable module, then attributes (a class)
+    try:
+        module = importlib.import_module(".".join(parts[:cut]))
+        break
+    except ImportError:
+        continue
+for attr in parts[cut:-1]:
+    module = getattr(module, attr)
+func_name = parts[-1]
+real = getattr(module, func_name)
+def pause():
+    open(marker, "w").close()
+    time.sleep(600)
+def paused(*args, **kwargs):
+    hit = eval(condition, {"os": os}, {"args": args, "kwargs": kwargs})
+    if hit and when == "before":
+        pause()
+    result = real(*args, **kwargs)
+    if hit and when == "after":
+        pause()
+    return result
+setattr(module, func_name, paused)
+sys.argv = ["imgclf"] + sys.argv[5:]
+from imgclf.cli import main
+main()
+"""
+
+
+def start_paused(target: str, marker: Path, *args, when: str = "after", condition: str = "True") \
+        -> subprocess.Popen:
+    """`imgclf ARGS` in a real process that pauses at TARGET (see PAUSE_AT) and writes MARKER there."""
+    return subprocess.Popen([sys.executable, "-c", PAUSE_AT, target, str(marker), when, condition,
+                             *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until PATH exists; fail (with the child's stderr) if the process ends first or it takes too long."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {path.name}:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path.name} did not appear within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------- ONNX parity
+
+
+def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> float:
+    """Our own parity check, not the exporter's report: the saved model.keras (exactly as `predict --backend
+    keras` loads it) and model.onnx through onnxruntime, on IMAGES decoded by imgclf.preprocessing, agree on
+    every top-1 label (where Keras' top two are more than 2*ATOL apart: closer, a difference within ATOL may
+    swap them) and within ATOL on every probability. Returns the largest difference."""
+    import keras
+    import onnxruntime as ort
+
+    from imgclf.preprocessing import PreprocessingSpec, load_image
+
+    meta = json.loads((version / "metadata.json").read_text())
+    spec = PreprocessingSpec.from_dict(meta["preprocessing"])
+    x = np.stack([load_image(p, spec) for p in images]).astype(np.float32)
+    model = keras.models.load_model(version / "model.keras", safe_mode=True, compile=False)
+    from imgclf.calibration import apply_temperature, temperature_of
+    # a calibrated model's ONNX graph holds its temperature; `predict --backend keras` applies it the same way
+    keras_p = apply_temperature(np.asarray(model(x, training=False), dtype=np.float32), temperature_of(meta))
+    sess = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    onnx_p = sess.run(None, {inp.name: x})[0]
+    assert onnx_p.shape == keras_p.shape == (len(images), len(meta["class_names"]))
+    top2 = np.sort(keras_p, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * atol
+    assert (onnx_p.argmax(1) == keras_p.argmax(1))[clear].all(), (onnx_p, keras_p)
+    diff = float(np.abs(onnx_p - keras_p).max())
+    assert diff <= atol, f"max |dp| {diff:.2e} > {atol:g}"
+    return diff
 
 
 # --------------------------------------------------------------------------------------- the images

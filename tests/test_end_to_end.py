@@ -8,7 +8,6 @@ import pytest
 from conftest import SAMPLE_IMAGES, cli, tree_digest
 
 
-@pytest.mark.slow
 def test_whole_loop_on_sample_images(tmp_path):
     before = tree_digest(SAMPLE_IMAGES)
     split = tmp_path / "split"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import child_env, cli
+from conftest import child_env, cli, installed_imgclf, user_env
 
 COMMANDS = [[], ["split"], ["scan"], ["augment"], ["train"], ["evaluate"], ["predict"], ["export"], ["models"],
             ["models", "list"], ["models", "show"], ["models", "rm"], ["models", "tag"]]
@@ -27,12 +27,15 @@ def test_help_does_not_import_tensorflow(command):
     assert res["heavy"] == []
 
 
-def test_console_script_help_in_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "imgclf", "--help"], capture_output=True, text=True, timeout=60,
-                          env=child_env())
-    assert proc.returncode == 0
-    for cmd in ("split", "scan", "train", "evaluate", "predict", "export", "models"):
+@pytest.mark.timeout(120)
+def test_console_script_help_in_a_real_process(tmp_path):
+    # the `imgclf` script that pip installed, without PYTHONPATH, outside the repository: as a user runs it
+    proc = subprocess.run([str(installed_imgclf()), "--help"], capture_output=True, text=True, timeout=60,
+                          env=user_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for cmd in ("split", "scan", "augment", "train", "evaluate", "predict", "export", "models"):
         assert cmd in proc.stdout
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("command, options", [

@@ -137,3 +137,68 @@ def test_rm_refuses_a_model_outside_the_registry(tmp_path, three_models):
 def test_models_show_prints_the_metadata(three_models):
     meta = show(three_models, "gray")
     assert meta["class_names"] == ["bright", "dark"] and meta["channels"] == 1
+
+
+def test_a_removed_newest_version_number_is_never_handed_out_again(tmp_path, three_models, trained):
+    registry = tmp_path / "reg"
+    shutil.copytree(three_models, registry)
+    r = cli("models", "rm", "colours:2", "--yes", "--registry", registry)
+    assert r.exit_code == 0, r.output
+    r = cli("train", trained.data, "--registry", registry, "--arch", "mlp", "--epochs", 1, "--image-size", 16,
+            "--patience", 0, "--name", "colours", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["version"] == 3                       # not 2 again
+    assert "no version 2" in error_line(cli("models", "show", "colours:2", "--registry", registry))
+    assert show(registry, "colours")["version"] == 3
+
+
+def test_rm_drops_the_tags_of_that_version_only(tmp_path, three_models):
+    registry = tmp_path / "reg"
+    shutil.copytree(three_models, registry)
+    for ref, tag in (("colours:2", "prod"), ("colours:2", "candidate"), ("colours:1", "old")):
+        assert cli("models", "tag", ref, tag, "--registry", registry).exit_code == 0
+    assert cli("models", "rm", "colours:2", "--yes", "--registry", registry).exit_code == 0
+    assert json.loads((registry / "colours" / "tags.json").read_text()) == {"old": 1}
+    assert show(registry, "colours:old")["version"] == 1
+    line = error_line(cli("models", "show", "colours:prod", "--registry", registry))
+    assert line == "error: model colours has no version or tag 'prod'"
+
+
+# Each process: wait for the start signal, then in a loop tag the model and add a field to its metadata
+# (as `models tag`, `export` and `evaluate` do), through the registry's own functions.
+UPDATER = r"""
+import os, sys, time
+from imgclf import registry
+root, worker, rounds, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+while not os.path.exists(start):
+    time.sleep(0.005)
+for k in range(rounds):
+    registry.set_tag(root, "colours:1", f"w{worker}-{k}")
+    registry.update_metadata(registry.resolve(root, "colours:1"), **{f"note_{worker}_{k}": k})
+"""
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_tag_and_metadata_updates_lose_nothing(tmp_path, three_models):
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    registry = tmp_path / "reg"
+    shutil.copytree(three_models, registry)
+    before = json.loads((registry / "colours" / "1" / "metadata.json").read_text())
+    workers, rounds = 6, 25
+    start = tmp_path / "start"
+    procs = [subprocess.Popen([sys.executable, "-c", UPDATER, str(registry), str(w), str(rounds), str(start)],
+                              stderr=subprocess.PIPE, text=True, env=child_env()) for w in range(workers)]
+    start.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=150)
+        assert p.returncode == 0, err
+    tags = json.loads((registry / "colours" / "tags.json").read_text())
+    assert tags == {f"w{w}-{k}": 1 for w in range(workers) for k in range(rounds)}
+    meta = json.loads((registry / "colours" / "1" / "metadata.json").read_text())
+    assert {k: v for k, v in meta.items() if k.startswith("note_")} == \
+        {f"note_{w}_{k}": k for w in range(workers) for k in range(rounds)}
+    assert {k: v for k, v in meta.items() if not k.startswith("note_")} == before

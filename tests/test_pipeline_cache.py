@@ -137,3 +137,31 @@ def test_map_in_order_keeps_the_order_in_one_thread_and_in_several(monkeypatch):
 
         assert PL.map_in_order(square, items, workers=3) == [x * x for x in items]
         assert (len(threads) > 1) == many_threads
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other shape", "empty"])
+@pytest.mark.parametrize("budget", [None, 64], ids=["in RAM", "memory-mapped"])
+def test_a_damaged_npy_pixel_file_is_rebuilt(tmp_path, damage, budget):
+    paths = _tree(tmp_path / "data")
+    kw = {} if budget is None else {"memory_budget": budget}
+    first = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache", **kw)
+    expected = np.array(first.pixels)
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    raw = npy.read_bytes()
+    if damage == "truncated":                  # a copy or a disk that gave out half way
+        npy.write_bytes(raw[: len(raw) - 50])
+    elif damage == "garbage":
+        npy.write_bytes(b"not a numpy file" + raw[16:])
+    elif damage == "other shape":              # a valid .npy file, of pixels of another size
+        np.save(npy, np.zeros((len(expected), 4, 4, 1), np.uint8))
+    else:
+        npy.write_bytes(b"")
+    again = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache", **kw)
+    assert not again.from_cache
+    assert np.array_equal(np.asarray(again.pixels), expected)
+    assert [e.path for e in again.problems] == [str(tmp_path / "data" / "broken.png")]
+    third = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache", **kw)
+    assert third.from_cache and np.array_equal(np.asarray(third.pixels), expected)   # the rebuilt file is good

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import COLOURS, child_env, cli, error_line, noisy
+from conftest import COLOURS, child_env, cli, error_line, noisy, table_rows
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,20 @@ def test_predict_csv(trained, images):
         assert row["error"] == "" and row["abstained"] == "false"
 
 
-def test_predict_table(trained, images):
+def test_predict_table(trained, images, tmp_path):
     _, items = images
-    r = predict(trained.registry, "--format", "table", items[0][0])
-    assert r.exit_code == 0 and "red" in r.stdout and "confidence" in r.stdout
+    # a file name without a class name in it, so only the label column can say "red"
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(open(items[0][0], "rb").read())
+    r = predict(trained.registry, "--format", "table", "--top-k", 1, photo)
+    assert r.exit_code == 0, r.output
+    assert "confidence" in r.stdout
+    rows = table_rows(r.stdout)
+    labels = [row[1] for row in rows if row[1]]
+    assert labels == [items[0][1]], r.stdout
+    confidence = float(next(row[2] for row in rows if row[2]))
+    top1 = next(row[3] for row in rows if row[3])
+    assert top1 == f"{items[0][1]} {confidence:.3f}", r.stdout
 
 
 @pytest.mark.parametrize("k, expected", [(1, 1), (2, 2), (10, 3)])

@@ -131,3 +131,71 @@ def test_truncated_and_bomb_and_missing(tmp_path):
         load_image(tmp_path / "bomb.png", spec(4, 4))
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.png", spec(4, 4))
+
+
+def test_partial_alpha_is_blended_with_the_background(tmp_path):
+    # alpha 0, 64, 128, 191, 255 over white: out = c * a/255 + 255 * (1 - a/255)
+    alphas = np.array([0, 64, 128, 191, 255], np.uint8)
+    rgba = np.zeros((1, 5, 4), np.uint8)
+    rgba[0, :, :3] = (200, 40, 0)
+    rgba[0, :, 3] = alphas
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    spec = PreprocessingSpec(image_size=(1, 5), channels=3)
+    out = load_image(path, spec)[0].astype(float)
+    a = alphas[:, None] / 255.0
+    expected = np.array([200, 40, 0])[None, :] * a + 255 * (1 - a)
+    assert np.abs(out - expected).max() <= 1, (out, expected)
+    gray = load_image(path, PreprocessingSpec(image_size=(1, 5), channels=1))[0, :, 0].astype(float)
+    lum = expected @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(gray - lum).max() <= 1.5, (gray, lum)
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I", [0, 1000, 40000, 65535], [0, 4, 156, 255]),       # 32-bit integers beyond 8 bit: a 16-bit range
+    ("I", [0, 17, 128, 255], [0, 17, 128, 255]),            # 32-bit integers within 0..255: as they are
+    ("F", [0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),        # floats in 0..1
+    ("F", [0.0, 17.0, 128.0, 255.0], [0, 17, 128, 255]),    # floats in 0..255
+])
+def test_modes_i_and_f_are_scaled_to_8_bit(tmp_path, mode, values, expected):
+    dtype = np.int32 if mode == "I" else np.float32
+    path = tmp_path / f"{mode}.tiff"
+    Image.fromarray(np.array([values], dtype=dtype), mode).save(path)
+    assert Image.open(path).mode == mode
+    out = load_image(path, PreprocessingSpec(image_size=(1, 4), channels=1))
+    assert out.dtype == np.uint8 and out.shape == (1, 4, 1)
+    assert out[0, :, 0].tolist() == expected
+    rgb = load_image(path, PreprocessingSpec(image_size=(1, 4), channels=3))
+    assert rgb[0, :, 0].tolist() == rgb[0, :, 1].tolist() == rgb[0, :, 2].tolist() == expected
+
+
+def test_exif_rotation_with_jpeg_draft_on_a_large_photo(tmp_path, monkeypatch):
+    # stored 1600x1200 landscape, left half red and right half blue, EXIF orientation 6 (rotate 90 clockwise
+    # to display): shown as a 1200x1600 portrait, red on top, blue below
+    stored = np.zeros((1200, 1600, 3), np.uint8)
+    stored[:, :800] = (220, 30, 30)
+    stored[:, 800:] = (30, 30, 220)
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.jpg"
+    img.save(path, quality=90, exif=exif.tobytes())
+    from PIL import JpegImagePlugin
+    sizes = []                                 # what the JPEG decoder produced after the draft request
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = real_draft(self, mode, size)
+        sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    drafted = load_image(path, PreprocessingSpec(image_size=(40, 30), channels=3))
+    assert sizes == [(200, 150)]               # decoded at 1/8 scale, still over twice the target
+    full = load_image(path, PreprocessingSpec(image_size=(40, 30), channels=3, jpeg_draft=False))
+    assert drafted.shape == full.shape == (40, 30, 3)
+    for out in (drafted, full):
+        top, bottom = out[:18].reshape(-1, 3).mean(0), out[22:].reshape(-1, 3).mean(0)
+        assert top[0] > 180 and top[2] < 70, top              # red on top
+        assert bottom[2] > 180 and bottom[0] < 70, bottom     # blue below
+    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 3

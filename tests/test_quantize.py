@@ -283,7 +283,6 @@ def test_predict_precision_standalone_files_and_errors(quantized_cnn, tmp_path, 
                              "use --precision fp32")
 
 
-@pytest.mark.slow
 def test_mobilenet_v2_int8(tmp_path_factory, split_colours):
     """mobilenet_v2 at 96 px (the pretrained backbone file when there is one, else random weights): the int8
     file agrees with the float one and is about 3.5-4x smaller."""

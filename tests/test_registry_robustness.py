@@ -1,23 +1,22 @@
 """Crash-safe, concurrent registry and resumable training (issue 4).
 
-The slow tests start real `imgclf train` processes: four at once into one registry, killed with SIGKILL at
-several moments, and interrupted with SIGINT and then resumed.
+The process tests start real `imgclf train` processes: four at once into one registry, killed with SIGKILL at
+known moments (each child pauses at a marker and is killed there), and interrupted with SIGINT and resumed.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
-import random
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import child_env, cli, error_line, make_tree
+from conftest import child_env, cli, error_line, make_tree, start_paused, wait_for
 
 REQUIRED_FILES = {"model.keras", "metadata.json", "history.csv"}
 
@@ -141,7 +140,6 @@ def test_train_without_data_or_resume_is_a_usage_error(tmp_path):
 
 # ----------------------------------------------------------------------------------------- processes
 
-@pytest.mark.slow
 def test_four_parallel_trainings_get_four_distinct_complete_versions(tmp_path):
     data = make_tree(tmp_path / "tiny", {"dark": 6, "bright": 6}, mode="L", seed=13)
     registry = tmp_path / "reg"
@@ -163,77 +161,106 @@ def staged_runs(registry: Path):
     return [p for p in staging.glob("*") if not p.name.startswith(".")] if staging.is_dir() else []
 
 
-def wait_until(proc: subprocess.Popen, condition, timeout: float = 240) -> bool:
-    """Poll until condition() is true (True) or the process ends first (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+# Where a SIGKILL lands, made certain: the child pauses there (conftest.start_paused) and is killed while paused.
+KILL_POINTS = {
+    # the staging folder exists, nothing is in it yet
+    "staging created": ("imgclf.registry.new_staging", "after", "True"),
+    # epoch 1 is checkpointed (BackupAndRestore runs first) and its history row written
+    "epoch 1 checkpointed": ("imgclf.runs.Run.append_history", "after", "True"),
+    # metadata.json is in the staging folder, the lock is held, the rename into NAME/VERSION not yet done
+    "inside the commit rename": ("os.rename", "before",
+                                 "os.path.basename(os.path.dirname(str(args[0]))) == '.staging'"),
+}
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_moments_leaves_the_registry_consistent(tmp_path, slow_data):
+def test_sigkill_at_known_moments_leaves_the_registry_consistent(tmp_path, slow_data):
     registry = tmp_path / "reg"
-    rng = random.Random(20240601)
-    epochs = 3
-    # the moment: a random delay after an event of the run, so the trials hit different phases: just after the
-    # staging folder appears, during training, and while the last epoch's run is saved and committed
-    events = {
-        "staging created": lambda: bool(staged_runs(registry)),
-        "epoch 1 logged": lambda: any(len(history_rows(r / "history.csv")) >= 1 for r in staged_runs(registry)),
-        f"epoch {epochs} logged": lambda: any(len(history_rows(r / "history.csv")) >= epochs
-                                              for r in staged_runs(registry)),
-    }
-    complete = 0
-    for event, condition in events.items():
-        delay = rng.uniform(0.0, 0.6)
-        proc = start_train(slow_data, registry, "--epochs", epochs, "--image-size", 32, "--batch-size", 4,
-                           "--name", "killed")
-        if wait_until(proc, condition):
-            time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+    for point, (target, when, condition) in KILL_POINTS.items():
+        marker = tmp_path / f"paused-{len(list(tmp_path.glob('paused-*')))}"
+        proc = start_paused(target, marker, "train", slow_data, "--registry", registry, "--patience", 0,
+                            "--epochs", 2, "--image-size", 16, "--arch", "mlp", "--name", "killed",
+                            when=when, condition=condition)
+        wait_for(marker, proc)
+        proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, err)   # the kill landed there
         assert "Traceback" not in err, err
-        models = assert_every_listed_version_is_complete(registry)
-        # the run either made it (committed before the kill landed, or finished) or left no version at all
-        assert len(models) in (complete, complete + 1), (event, proc.returncode, models, err)
-        if proc.returncode == 0:
-            assert len(models) == complete + 1, (event, models, err)
-        complete = len(models)
+        assert assert_every_listed_version_is_complete(registry) == [], point       # nothing half-made shows
+        (run,) = [r for r in staged_runs(registry) if not (r / "killed").exists()]
+        (run / "killed").write_text(point)
         unfinished = listing(registry)["unfinished"]
-        assert all("unfinished run" in entry for entry in unfinished), unfinished
-        print(f"SIGKILL {delay:.2f}s after {event}: exit {proc.returncode}, {complete} complete versions, "
-              f"{len(unfinished)} unfinished runs")
-    # the registry still works: the next run gets the next free version number
+        assert any(run.name in u and "interrupted" in u for u in unfinished), (point, unfinished)
+        if point == "epoch 1 checkpointed":
+            assert len(history_rows(run / "history.csv")) == 1
+            assert list(run.glob("backup-*"))
+        if point == "inside the commit rename":
+            assert (run / "metadata.json").is_file() and (run / "model.keras").is_file()
+            assert not (registry / "killed" / "1").exists()
+        print(f"SIGKILL {point}: {len(unfinished)} unfinished runs, no version")
+    # the registry still works: the next run gets version 1 (no number was handed out by a killed commit)
     r = cli("train", slow_data, "--registry", registry, "--epochs", 1, "--image-size", 16, "--arch", "mlp",
             "--patience", 0, "--name", "killed", "--format", "json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["version"] == complete + 1
-    assert len(assert_every_listed_version_is_complete(registry)) == complete + 1
+    assert json.loads(r.stdout)["version"] == 1
+    assert len(assert_every_listed_version_is_complete(registry)) == 1
 
 
-@pytest.mark.slow
-def test_interrupt_after_one_epoch_then_resume_gives_a_continuous_three_epoch_history(tmp_path, slow_data):
+def test_interrupt_after_one_epoch_then_resume_continues_the_weights(tmp_path, slow_data, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(slow_data, data)
     registry = tmp_path / "reg"
-    proc = start_train(slow_data, registry, "--epochs", 3, "--image-size", 32, "--batch-size", 2,
-                       "--name", "resumed")
-    logged = wait_until(proc, lambda: any(len(history_rows(r / "history.csv")) >= 1 for r in staged_runs(registry)))
-    if logged:
-        proc.send_signal(signal.SIGINT)                   # Ctrl-C
-    _, err = proc.communicate(timeout=120)
-    assert logged, f"no epoch was logged: {err}"
+    marker = tmp_path / "epoch-1-logged"
+    proc = start_paused("imgclf.runs.Run.append_history", marker, "train", data, "--registry", registry,
+                        "--patience", 0, "--epochs", 3, "--image-size", 16, "--arch", "mlp", "--batch-size", 4,
+                        "--name", "resumed")
+    wait_for(marker, proc)
     (run,) = staged_runs(registry)
+    # a run whose process is alive is not resumed a second time
+    line = error_line(cli("train", "--resume", run.name, "--registry", registry))
+    assert line == f"error: run {run.name} is still in progress (process {proc.pid}); wait for it or stop it first"
+    proc.send_signal(signal.SIGINT)                       # Ctrl-C, while the first epoch is being logged
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert f"--resume {run.name}" in err and "interrupted after" in err
-    done = len(history_rows(run / "history.csv"))
-    assert 1 <= done < 3, "the run finished before the interrupt arrived; nothing to resume"
+    assert f"--resume {run.name}" in err and "interrupted after 1 completed epoch(s)" in err
+    first = history_rows(run / "history.csv")
+    assert len(first) == 1
     assert listing(registry)["models"] == []              # not a model yet ...
     assert any(run.name in u for u in listing(registry)["unfinished"])   # ... but a resumable run
 
+    # the data changed meanwhile: a clear error, and the run is kept for when it is back
+    extra = data / "dark" / "extra.png"
+    shutil.copy(next((data / "bright").glob("*.png")), extra)
+    r = cli("train", "--resume", run.name, "--registry", registry)
+    assert r.exit_code == 1
+    assert error_line(r) == (f"error: {data}: the images changed since run {run.name} started (files added, "
+                             "removed or resized); resuming would train one model on two datasets: start a new run")
+    assert history_rows(run / "history.csv") == first and (run / "run.json").is_file()
+    extra.unlink()
+
+    # the weights of epoch 1's checkpoint, as the interrupted process saved them
+    import keras
+    import numpy as np
+
+    import imgclf.train
+    from imgclf.architectures import get_architecture
+    from imgclf.config import TrainConfig
+    (checkpoint,) = (run / "backup-train").glob("latest.weights.h5")
+    saved = get_architecture("mlp").build((16, 16, 1), 2, TrainConfig(arch="mlp"))
+    fresh = [np.array(w) for w in saved.get_weights()]
+    saved.load_weights(checkpoint)
+    saved = [np.array(w) for w in saved.get_weights()]
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, fresh))
+    started = []                               # the weights the resumed `fit` starts from (spy, no change)
+
+    def spy_logger(*args):
+        logger = real_logger(*args)
+        logger.on_train_begin = lambda logs=None: started.append([np.array(w) for w in logger.model.get_weights()])
+        return logger
+
+    real_logger = imgclf.train._EpochLogger
+    monkeypatch.setattr(imgclf.train, "_EpochLogger", spy_logger)
+    keras.utils.set_random_seed(0)
     r = cli("train", "--resume", run.name, "--registry", registry, "--format", "json")
     assert r.exit_code == 0, r.output
     assert "resuming run" in r.stderr
@@ -242,8 +269,12 @@ def test_interrupt_after_one_epoch_then_resume_gives_a_continuous_three_epoch_hi
     final = Path(out["path"])
     rows = history_rows(final / "history.csv")
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    assert rows[0] == first[0]
+    # the weights were restored: epoch 2 starts from epoch 1's checkpoint, not from a fresh initialisation
+    (begin,) = started
+    assert len(begin) == len(saved) and all(np.array_equal(a, b) for a, b in zip(begin, saved))
     meta = json.loads((final / "metadata.json").read_text())
     assert meta["metrics"]["epochs_run"] == 3 and meta["config"]["epochs"] == 3
-    assert meta["config"]["batch_size"] == 2                # the run's own settings, from its run.json
+    assert meta["config"]["batch_size"] == 4                # the run's own settings, from its run.json
     assert not run.exists() and listing(registry)["unfinished"] == []
     assert_every_listed_version_is_complete(registry)

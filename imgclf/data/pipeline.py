@@ -194,7 +194,7 @@ def _read_cache(data_file: Path, index_file: Path, paths: List[str], spec: Prepr
         problems = [ImageError(paths[i], r) for i, r in index["problems"]]
         # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
         return (np.load(data_file) if fits else mapped), keep, problems
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError):  # EOFError: an empty .npy
         return None
 
 
