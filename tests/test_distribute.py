@@ -175,7 +175,6 @@ def test_port_in_use_is_one_line_error(tmp_path, tiny, monkeypatch):
 
 
 # --------------------------------------------------------------------------------- MirroredStrategy
-@pytest.mark.slow
 def test_mirrored_two_logical_cpus_trains_and_exports(tmp_path, tiny):
     """Two replicas on this CPU: TensorFlow is told to split it in two logical devices, then `imgclf train`."""
     registry = tmp_path / "reg"
@@ -203,7 +202,6 @@ def test_mirrored_two_logical_cpus_trains_and_exports(tmp_path, tiny):
 
 
 # ------------------------------------------------------------------------ two workers on 127.0.0.1
-@pytest.mark.slow
 def test_two_workers_make_one_version_like_a_single_process(tmp_path, tiny):
     # the same global batch: 16 in one process, 8 per replica x 2 workers
     single = cli("train", tiny, "--registry", tmp_path / "single", *TRAIN_ARGS, "--epochs", 3, "--batch-size", 16,
@@ -240,7 +238,6 @@ def test_two_workers_make_one_version_like_a_single_process(tmp_path, tiny):
     assert "top-1 agreement 1.000" in r.stderr
 
 
-@pytest.mark.slow
 def test_killed_worker_fails_the_chief_then_resume_finishes(tmp_path, tiny):
     registry = tmp_path / "reg"
     timeout = 10
@@ -270,7 +267,6 @@ def test_killed_worker_fails_the_chief_then_resume_finishes(tmp_path, tiny):
     assert not staging.exists()
 
 
-@pytest.mark.slow
 def test_worker_that_never_shows_up(tmp_path, tiny):
     args = [tiny, "--registry", tmp_path / "reg", *TRAIN_ARGS, "--epochs", 1, "--cluster-timeout", 5]
     with Workers(tmp_path, [args], "alone", cluster_size=2) as w:   # TF_CONFIG names 2, only worker 0 starts
@@ -284,7 +280,6 @@ def test_worker_that_never_shows_up(tmp_path, tiny):
     assert not (tmp_path / "reg").exists() or not list((tmp_path / "reg").glob("colours/[0-9]*"))
 
 
-@pytest.mark.slow
 def test_workers_with_different_data_fail(tmp_path, tiny):
     import shutil
 
