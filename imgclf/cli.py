@@ -176,25 +176,33 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 @handle_errors
 def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ + val/ and/or test/) or a "
                                                           "class-folder tree."),
-          arch: str = typer.Option("cnn", help="cnn | mlp | mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large."),
-          epochs: int = typer.Option(15, help="Maximum epochs (early stopping may stop sooner)."),
+          arch: str = typer.Option("auto", help="auto | cnn | mlp | mobilenet_v2 | mobilenet_v3_small | "
+                                                "mobilenet_v3_large. auto: mobilenet_v2 (pretrained) for colour "
+                                                "images of 64 px or more, or when --weights is given; else cnn."),
+          epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may stop sooner); "
+                                                          "pretrained: head epochs (default: 15 from scratch, "
+                                                          "6 pretrained)."),
           batch_size: int = typer.Option(64, help="Images per batch."),
           image_size: Optional[int] = typer.Option(None, help="Square input size (default: from the data for "
-                                                              "cnn/mlp, 224 for MobileNet)."),
+                                                              "cnn/mlp, 160 for pretrained MobileNet, 224 with "
+                                                              "--weights none)."),
           channels: Optional[int] = typer.Option(None, help="1 or 3 (default: 1 when every image is grayscale)."),
-          lr: float = typer.Option(1e-3, help="Learning rate (Adam)."),
+          lr: Optional[float] = typer.Option(None, help="Learning rate (Adam; default 0.001)."),
           name: Optional[str] = typer.Option(None, help="Registry name (default: the data folder's name)."),
           seed: int = typer.Option(42, help="Random seed."),
           val_split: float = typer.Option(0.1, help="Held out of the training images when there is no val/."),
           patience: int = typer.Option(4, help="Early stopping patience on val_loss (0 = off)."),
           weights: Optional[str] = typer.Option(None, help="MobileNet: imagenet (default) | none | PATH to a "
-                                                           "backbone .weights.h5 (offline)."),
+                                                           "backbone .weights.h5 (offline). With --arch auto, "
+                                                           "imagenet or PATH picks mobilenet_v2."),
           alpha: float = typer.Option(1.0, help="MobileNet width multiplier."),
-          fine_tune_epochs: int = typer.Option(0, help="MobileNet: epochs of phase 2 (top of the backbone "
-                                                       "unfrozen, lr/10)."),
+          fine_tune_epochs: Optional[int] = typer.Option(None, help="Pretrained MobileNet: epochs of phase 2 "
+                                                                    "(top of the backbone unfrozen, lr/10; "
+                                                                    "default 4)."),
           fine_tune_layers: float = typer.Option(0.3, help="MobileNet phase 2: backbone layers to unfreeze "
                                                            "(N, or a fraction < 1)."),
-          augment: str = typer.Option("none", help="Online augmentation policy: none | light | medium | heavy."),
+          augment: Optional[str] = typer.Option(None, help="Online augmentation policy: none | light | medium | "
+                                                           "heavy (default: none from scratch, light pretrained)."),
           flip: Optional[str] = typer.Option(None, help="horizontal | vertical | both | none (use none for "
                                                         "digits and text)."),
           rotate: Optional[float] = typer.Option(None, help="Max rotation, degrees."),
@@ -217,12 +225,13 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
 
     if data is None and not resume:
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
-    aug = AugmentConfig.from_options(augment, flip=flip, rotate=rotate, shift=shift, zoom=zoom,
-                                     brightness=brightness, contrast=contrast)
+    overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, zoom=zoom, brightness=brightness,
+                                       contrast=contrast).items() if v is not None}
+    aug = AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
                       lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                       alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
-                      class_weight=class_weight, augment=aug, augment_policy=augment,
+                      class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
                       mixed_precision=mixed_precision)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
     summary = {"name": meta["name"], "version": meta["version"], "path": meta["path"], "metrics": meta["metrics"]}
