@@ -137,3 +137,27 @@ def test_grayscale_28px_trains_the_cnn_and_says_why(tmp_path):
 def test_weights_with_a_scratch_arch_is_still_refused(tmp_path, colour_128, small_backbone):
     r = cli("train", colour_128, "--registry", tmp_path / "reg", "--arch", "cnn", "--weights", small_backbone)
     assert "--weights applies to the pretrained architectures only, not cnn" in error_line(r)
+
+
+def test_cnn_for_photos_standardises_each_image_pools_globally_and_exports(tmp_path):
+    """From 64 px up the cnn standardises each image and pools globally (the photo fix of issue 14); small
+    images keep the flatten head. The photo head must survive saving, safe-mode loading and ONNX export."""
+    from imgclf.architectures import get_architecture
+    import numpy as np
+    cnn = get_architecture("cnn")
+    small = {l.name for l in cnn.build((28, 28, 1), 3).layers}
+    assert "flatten" in small and "standardize" not in small and "gap" not in small
+    photo = cnn.build((64, 64, 3), 2)
+    names = {l.name for l in photo.layers}
+    assert {"standardize", "gap"} <= names and "flatten" not in names
+    # the same image brighter and with more contrast gets (nearly: epsilon 1e-3) the same probabilities
+    x = np.random.default_rng(0).uniform(60, 160, (1, 64, 64, 3)).astype("float32")
+    assert np.allclose(photo(x, training=False), photo(1.4 * x - 30, training=False), atol=1e-2)
+
+    data = make_tree(tmp_path / "pics", {"red": 6, "blue": 6}, mode="RGB", size=(64, 64))
+    reg = tmp_path / "reg"
+    r = cli("train", data, "--registry", reg, "--arch", "cnn", "--epochs", 1, "--patience", 0, "--batch-size", 4)
+    assert r.exit_code == 0, r.output
+    r = cli("export", "pics", "--registry", reg)
+    assert r.exit_code == 0, r.output
+    assert "top-1 agreement 1.000" in r.stderr
