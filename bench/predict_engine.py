@@ -75,7 +75,7 @@ def bench_model(ref, paths, rounds, baseline) -> dict:
 def bench_photos(photo_dir, size, rounds) -> dict:
     import numpy as np
 
-    import imgclf.data.pipeline as PL
+    import imgclf.data.files as PL
     import imgclf.predict as P
     from imgclf.data.scan import walk_files, is_image_name
     from imgclf.preprocessing import PreprocessingSpec

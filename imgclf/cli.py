@@ -1,69 +1,101 @@
 """The `imgclf` command line: each command parses, makes one library call, renders.
 
 Heavy libraries (TensorFlow, onnxruntime, scikit-learn) are imported inside the commands, so
-`imgclf --help` stays fast. Errors become `error: <one line>` on stderr and a non-zero exit code here.
+`imgclf --help` stays fast. Defaults come from imgclf/config.py (TrainConfig and the command defaults);
+options with a fixed set of values are click choices. Errors become `error: <one line>` on stderr and a
+non-zero exit code here (handle_errors): 2 for usage errors, 1 for data and model errors, 130 for Ctrl-C.
 """
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
+import os
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
+from imgclf import config as C
+from imgclf.architectures import names as architecture_names
 from imgclf.errors import ImgclfError
 
+TRAIN = C.TrainConfig()  # the defaults of `imgclf train`
+
+Arch = Literal[(C.AUTO_ARCH,) + tuple(architecture_names())]
+Policy = Literal[tuple(C.AUGMENT_POLICIES)]
+Flip = Literal[C.FLIP_MODES]
+SplitMode = Literal[C.SPLIT_MODES]
+Backend = Literal[C.BACKENDS]
+ClassWeight = Literal[C.CLASS_WEIGHTS]
+Calibrate = Literal[C.CALIBRATION_METHODS]
+OutFormat = Literal[C.OUTPUT_FORMATS]
+TableOrJson = Literal["table", "json"]
+
 app = typer.Typer(
-    name="imgclf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="imgclf", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Image classifiers from a folder of class folders: split, augment, train, evaluate, predict, "
          "export to ONNX, and a model registry on disk.",
     context_settings={"help_option_names": ["-h", "--help"]})
-models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, tag and remove models.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The model registry: list, show, tag and remove models, write model cards.")
 app.add_typer(models_app, name="models")
+
+
+def complete_model(ctx: typer.Context, incomplete: str) -> List[str]:
+    """Shell completion of MODEL: latest, NAME, NAME:VERSION and NAME:TAG from the registry."""
+    from imgclf import registry as reg
+
+    root = ctx.params.get("registry") or None
+    try:
+        models, _ = reg.list_models(root)
+    except OSError:
+        return []
+    found = ["latest"]
+    for m in models:
+        name = m.metadata.get("name")
+        found += [name, f"{name}:{m.metadata.get('version')}"]
+        found += [f"{name}:{tag}" for tag in reg.tags(reg.root_of(root), name)]
+    return [c for c in dict.fromkeys(found) if c.startswith(incomplete)]
+
 
 RegistryOpt = typer.Option(None, "--registry", envvar="IMGCLF_HOME", metavar="DIR",
                            help="Registry root (default: $IMGCLF_HOME, else a per-user data folder).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr (warnings still show).")
+MODEL_HELP = "NAME, NAME:VERSION, NAME:TAG, latest, or a model path."
 
 
-class OutFormat(str, Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
+def ModelArg(default=..., help: str = MODEL_HELP):  # noqa: N802 (reads like typer.Argument)
+    return typer.Argument(default, help=help, autocompletion=complete_model, metavar="MODEL")
 
 
-class TableOrJson(str, Enum):
-    table = "table"
-    json = "json"
-
-
-def _fail(message: str, code: int) -> None:
-    from imgclf.console import err_console
-    err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                              help="Also show TensorFlow's own start-up and log lines.")):
+    if verbose:
+        from imgclf.tf_quiet import VERBOSE_ENV
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def handle_errors(fn):
     """Every command: ImgclfError -> one line on stderr + its exit code; Ctrl-C -> 130. No tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from imgclf.console import error
         try:
             return fn(*args, **kwargs)
         except ImgclfError as e:
-            _fail(str(e), e.exit_code)
+            error(str(e))
+            raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except BrokenPipeError:
+            error("interrupted")
+            raise typer.Exit(130)
+        except BrokenPipeError:  # `imgclf predict ... | head -1`: the reader has all it wanted
             sys.stderr.close()
             raise typer.Exit(0)
         except MemoryError:
-            _fail("out of memory (try a smaller --batch-size or --image-size)", 1)
+            error("out of memory (try a smaller --batch-size or --image-size)")
+            raise typer.Exit(1)
     return wrapper
 
 
@@ -81,22 +113,22 @@ def _print_json(obj) -> None:
 @handle_errors
 def split(src: Path = typer.Argument(..., help="Folder of class folders (never modified)."),
           dest: Path = typer.Argument(..., help="Output folder: DEST/train|val|test/<class>/..."),
-          val: float = typer.Option(0.1, help="Fraction of each class for validation."),
-          test: float = typer.Option(0.1, help="Fraction of each class for test."),
-          seed: int = typer.Option(42, help="Random seed: the same seed gives the same split."),
-          mode: str = typer.Option("copy", help="copy | symlink | hardlink."),
+          val: float = typer.Option(C.SPLIT_VAL, help="Fraction of each class for validation."),
+          test: float = typer.Option(C.SPLIT_TEST, help="Fraction of each class for test."),
+          seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed: the same seed gives the same split."),
+          mode: SplitMode = typer.Option("copy", help="How files are placed in DEST."),
           force: bool = typer.Option(False, "--force", help="Replace train/, val/, test/ in a non-empty DEST."),
-          format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
+          format: TableOrJson = typer.Option("table", "--format"),
           quiet: bool = QuietOpt):
     """Split a class-folder tree into train/val/test, stratified and reproducible, with a manifest."""
-    from imgclf.data.split import split_dataset
+    from imgclf.data.split import MANIFEST, split_dataset
 
     rep = _reporter(quiet)
     with rep.progress("placing files", total=None) as advance:
         result = split_dataset(src, dest, val=val, test=test, seed=seed, mode=mode, force=force, progress=advance)
     for p in result.dataset.problems:
         rep.warn(f"skipped {p.path}: {p.reason}")
-    if format == TableOrJson.json:
+    if format == "json":
         _print_json({"dest": result.dest, "counts": result.counts, "skipped": len(result.dataset.problems)})
         return
     from imgclf.console import print_table
@@ -104,37 +136,30 @@ def split(src: Path = typer.Argument(..., help="Folder of class folders (never m
     rows = [[c] + [result.counts[s][c] for s in ("train", "val", "test")] for c in names]
     rows.append(["total"] + [sum(result.counts[s].values()) for s in ("train", "val", "test")])
     print_table(f"split of {src} -> {dest}", ["class", "train", "val", "test"], rows)
-    rep.info(f"manifest: {Path(dest) / 'split_manifest.csv'}")
+    rep.info(f"manifest: {Path(dest) / MANIFEST}")
 
 
 # ------------------------------------------------------------------------------------------------ scan
 @app.command()
 @handle_errors
 def scan(data: Path = typer.Argument(..., help="Folder of class folders, or a split root."),
-         format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
+         format: TableOrJson = typer.Option("table", "--format"),
          duplicates: bool = typer.Option(True, help="Look for identical files (content hash)."),
          quiet: bool = QuietOpt):
     """Check a dataset: classes and counts, image sizes and modes, and every problem file with its reason."""
-    from imgclf.inspect import inspect_dataset
+    from imgclf.data.scan import dataset_report
+    from imgclf.errors import DataError
 
-    report = inspect_dataset(data, duplicates=duplicates)
-    if format == TableOrJson.json:
+    report = dataset_report(data, duplicates=duplicates)
+    if format == "json":
         _print_json(report)
     else:
-        from imgclf.console import print_table
-        for split_name, info in report["splits"].items():
-            title = f"{split_name}: {info['images']} usable images" if split_name != "." else \
-                f"{report['data']}: {info['images']} usable images"
-            print_table(title, ["class", "images"], list(info["per_class"].items()))
-        print_table("image sizes (width x height)", ["size", "images"], report["sizes"][:10])
-        print_table("image modes", ["mode", "images"], report["modes"])
-        if report["problems"]:
-            print_table(f"{len(report['problems'])} problem files", ["file", "reason"],
-                        [(p["path"], p["reason"]) for p in report["problems"]])
+        from imgclf.console import print_scan_report
+        print_scan_report(report)
         if report["empty_classes"]:
             _reporter().warn(f"empty class folders (not classes): {', '.join(report['empty_classes'])}")
     if not report["usable"]:
-        _fail(f"{data}: not usable for training ({report['verdict']})", 1)
+        raise DataError(f"{data}: not usable for training ({report['verdict']})")
 
 
 # --------------------------------------------------------------------------------------------- augment
@@ -144,29 +169,28 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             dest: Path = typer.Argument(..., help="Output folder (originals are copied there too)."),
             per_image: Optional[int] = typer.Option(None, help="New images per original."),
             target_per_class: Optional[int] = typer.Option(None, help="Top each class up to N images."),
-            policy: str = typer.Option("medium", help="none | light | medium | heavy (ops below override it)."),
-            flip: Optional[str] = typer.Option(None, help="horizontal | vertical | both | none (none for digits/text)."),
+            policy: Policy = typer.Option("medium", help="Augmentation policy (the options below override it)."),
+            flip: Optional[Flip] = typer.Option(None, help="Mirroring (none for digits/text)."),
             rotate: Optional[float] = typer.Option(None, help="Max rotation in degrees."),
             shift: Optional[float] = typer.Option(None, help="Max shift, fraction of the size."),
             zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
             brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
             contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
-            seed: int = typer.Option(42, help="Random seed."),
-            mode: str = typer.Option("copy", help="How originals are placed: copy | symlink | hardlink."),
+            seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
+            mode: SplitMode = typer.Option("copy", help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
             quiet: bool = QuietOpt):
     """Write augmented copies of images to new files (offline augmentation), class folders preserved."""
-    from imgclf.config import AugmentConfig
     from imgclf.data.augment import augment_folder
 
-    cfg = AugmentConfig.from_options(policy, flip=flip, rotate=rotate, shift=shift, zoom=zoom,
-                                     brightness=brightness, contrast=contrast)
+    cfg = C.AugmentConfig.from_options(policy, option="--policy", flip=flip, rotate=rotate, shift=shift, zoom=zoom,
+                                       brightness=brightness, contrast=contrast)
     rep = _reporter(quiet)
     with rep.progress("augmenting", total=None) as advance:
         result = augment_folder(src, dest, cfg, per_image=per_image, target_per_class=target_per_class,
                                 seed=seed, mode=mode, force=force, progress=lambda n, total: advance(n))
-    for path, reason in result["problems"]:
-        rep.warn(f"skipped {path}: {reason}")
+    for p in result["problems"]:
+        rep.warn(f"skipped {p.path}: {p.reason}")
     rep.info(f"wrote {result['augmented']} augmented images and {result['originals']} originals to {dest}")
     _print_json({k: v for k, v in result.items() if k != "problems"} | {"skipped": len(result["problems"])})
 
@@ -176,50 +200,58 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 @handle_errors
 def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ + val/ and/or test/) or a "
                                                           "class-folder tree."),
-          arch: str = typer.Option("auto", help="auto | cnn | mlp | mobilenet_v2 | mobilenet_v3_small | "
-                                                "mobilenet_v3_large. auto: mobilenet_v2 (pretrained) for colour "
-                                                "images of 64 px or more, or when --weights is given; else cnn."),
-          epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may stop sooner); "
-                                                          "pretrained: head epochs (default: 15 from scratch, "
-                                                          "6 pretrained)."),
-          batch_size: int = typer.Option(64, help="Images per batch."),
-          image_size: Optional[int] = typer.Option(None, help="Square input size (default: from the data for "
-                                                              "cnn/mlp, 160 for pretrained MobileNet, 224 with "
-                                                              "--weights none)."),
-          channels: Optional[int] = typer.Option(None, help="1 or 3 (default: 1 when every image is grayscale)."),
-          lr: Optional[float] = typer.Option(None, help="Learning rate (Adam; default 0.001)."),
-          name: Optional[str] = typer.Option(None, help="Registry name (default: the data folder's name)."),
-          seed: int = typer.Option(42, help="Random seed."),
-          val_split: float = typer.Option(0.1, help="Held out of the training images when there is no val/."),
-          patience: int = typer.Option(4, help="Early stopping patience on val_loss (0 = off)."),
-          weights: Optional[str] = typer.Option(None, help="MobileNet: imagenet (default) | none | PATH to a "
-                                                           "backbone .weights.h5 (offline). With --arch auto, "
-                                                           "imagenet or PATH picks mobilenet_v2."),
-          alpha: float = typer.Option(1.0, help="MobileNet width multiplier."),
-          fine_tune_epochs: Optional[int] = typer.Option(None, help="Pretrained MobileNet: epochs of phase 2 "
-                                                                    "(top of the backbone unfrozen, lr/10; "
-                                                                    "default 4)."),
-          fine_tune_layers: float = typer.Option(0.3, help="MobileNet phase 2: backbone layers to unfreeze "
-                                                           "(N, or a fraction < 1)."),
-          augment: Optional[str] = typer.Option(None, help="Online augmentation policy: none | light | medium | "
-                                                           "heavy (default: none from scratch, light pretrained)."),
-          flip: Optional[str] = typer.Option(None, help="horizontal | vertical | both | none (use none for "
-                                                        "digits and text)."),
+          arch: Arch = typer.Option(TRAIN.arch, help="Model architecture. auto: a pretrained mobilenet_v2 for colour "
+                                                     "images of 64 px or more, or when --weights is given; else "
+                                                     "cnn (it says which, and why)."),
+          epochs: Optional[int] = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop "
+                                                                  "sooner); pretrained: head epochs (default: 15 "
+                                                                  "from scratch, 6 pretrained)."),
+          batch_size: int = typer.Option(TRAIN.batch_size, help="Images per batch."),
+          image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
+                                                                         "data for cnn/mlp, 160 for pretrained "
+                                                                         "MobileNet, 224 with --weights none)."),
+          channels: Optional[int] = typer.Option(TRAIN.channels, help="1 or 3 (default: 1 when every image is "
+                                                                     "grayscale)."),
+          lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default 0.001)."),
+          name: Optional[str] = typer.Option(TRAIN.name, help="Registry name (default: the data folder's name)."),
+          seed: int = typer.Option(TRAIN.seed, help="Random seed."),
+          val_split: float = typer.Option(TRAIN.val_split, help="Held out of the training images when there is "
+                                                                "no val/."),
+          patience: int = typer.Option(TRAIN.patience, help="Early stopping patience on val_loss (0 = off)."),
+          weights: Optional[str] = typer.Option(TRAIN.weights, help="MobileNet: imagenet (default) | none | PATH "
+                                                                    "to a backbone .weights.h5 (offline). With "
+                                                                    "--arch auto, imagenet or PATH picks "
+                                                                    "mobilenet_v2."),
+          alpha: float = typer.Option(TRAIN.alpha, help="MobileNet width multiplier."),
+          fine_tune_epochs: Optional[int] = typer.Option(TRAIN.fine_tune_epochs, help="Pretrained MobileNet: "
+                                                                                      "epochs of phase 2 (top of "
+                                                                                      "the backbone unfrozen, "
+                                                                                      "lr/10; default 4)."),
+          fine_tune_layers: float = typer.Option(TRAIN.fine_tune_layers, help="MobileNet phase 2: backbone "
+                                                                              "layers to unfreeze (N, or a "
+                                                                              "fraction < 1)."),
+          augment: Optional[Policy] = typer.Option(TRAIN.augment_policy, help="Online augmentation policy (the "
+                                                                              "options below override it; "
+                                                                              "default: none from scratch, "
+                                                                              "light pretrained)."),
+          flip: Optional[Flip] = typer.Option(None, help="Mirroring (use none for digits and text)."),
           rotate: Optional[float] = typer.Option(None, help="Max rotation, degrees."),
           shift: Optional[float] = typer.Option(None, help="Max shift, fraction."),
           zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
           brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
           contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
-          class_weight: str = typer.Option("none", help="auto (inverse class frequency) | none."),
-          mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute (for GPUs); "
-                                                                                "exports stay float32."),
+          class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
+          mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
+                                               help="float16 compute (for GPUs); exports stay float32."),
+          calibrate: Calibrate = typer.Option(TRAIN.calibrate, help="temperature: fit the confidence on the "
+                                                                    "val split (see `evaluate`)."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
           registry: Optional[Path] = RegistryOpt,
-          format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
+          format: TableOrJson = typer.Option("table", "--format"),
           quiet: bool = QuietOpt):
     """Train a classifier and save it as a new version in the registry."""
-    from imgclf.config import AugmentConfig, TrainConfig
+    # long only by its option list: the body is one TrainConfig and one library call
     from imgclf.errors import UsageError
     from imgclf.train import train as run_train
 
@@ -227,59 +259,65 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
     overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, zoom=zoom, brightness=brightness,
                                        contrast=contrast).items() if v is not None}
-    aug = AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
-    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
-                      lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
-                      alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
-                      class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
-                      mixed_precision=mixed_precision)
+    aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
+    cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
+                        lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
+                        alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
+                        class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
+                        mixed_precision=mixed_precision, calibrate=calibrate)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
-    summary = {"name": meta["name"], "version": meta["version"], "path": meta["path"], "metrics": meta["metrics"]}
-    if format == TableOrJson.json:
-        _print_json(summary)
-    else:
-        from imgclf.console import print_table
-        rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in meta["metrics"].items()]
-        print_table(f"model {meta['name']}:{meta['version']}", ["metric", "value"], rows)
-        _reporter(quiet).info(f"saved {meta['path']}")
+    if format == "json":
+        _print_json({"name": meta["name"], "version": meta["version"], "path": meta["path"],
+                     "metrics": meta["metrics"]})
+        return
+    from imgclf.console import print_table
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in meta["metrics"].items()]
+    print_table(f"model {meta['name']}:{meta['version']}", ["metric", "value"], rows)
+    _reporter(quiet).info(f"saved {meta['path']}")
 
 
 # -------------------------------------------------------------------------------------------- evaluate
 @app.command()
 @handle_errors
-def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG, latest, or a model path."),
+def evaluate(model: str = ModelArg(),
              data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
              out: Optional[Path] = typer.Option(None, help="Folder for the outputs (default: the model's "
                                                            "registry folder, evaluation/)."),
-             backend: str = typer.Option("auto", help="auto | keras | onnx."),
-             format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json"),
+             backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+             format: TableOrJson = typer.Option("table", "--format"),
              force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+             target_accuracy: Optional[float] = typer.Option(None, metavar="A", help="Also find the lowest "
+                                                             "confidence threshold that reaches accuracy A on "
+                                                             "this data (for predict --min-confidence)."),
+             html: bool = typer.Option(True, "--html/--no-html", help="Write report.html, one self-contained "
+                                                                      "page (default), or not."),
+             open_report: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
+             report_images: int = typer.Option(200, "--report-images", metavar="N",
+                                               help="Thumbnails inlined in report.html (mistakes first); the "
+                                                    "other images are listed by path."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix, misclassified images, calibration (ECE,
+    NLL, Brier), risk-coverage, and report.html."""
     from imgclf import registry as reg
-    from imgclf.evaluate import evaluate as run_eval
+    from imgclf.evaluate import OUTPUT_FILES, evaluate as run_eval
 
-    ref = reg.resolve(registry, model)
+    if open_report and not html:
+        from imgclf.errors import UsageError
+        raise UsageError("--open needs the report: drop --no-html")
     rep = _reporter(quiet)
-    report = run_eval(ref, data, out=out, backend=backend, force=force, reporter=rep)
-    if format == TableOrJson.json:
+    report = run_eval(reg.resolve(registry, model), data, out=out, backend=backend, force=force, reporter=rep,
+                      html=html, report_images=report_images, target_accuracy=target_accuracy)
+    if open_report:
+        from imgclf.report import open_in_browser
+        open_in_browser(report["report_html"], rep)
+    if format == "json":
         _print_json(report)
         return
-    from imgclf.console import print_confusion, print_table, out_console
-    out_console.print(f"model {report['model']} on {report['data']} ({report['images']} images, "
-                      f"{report['backend']}): accuracy [bold]{report['accuracy']:.4f}[/bold], "
-                      f"macro F1 {report['macro_f1']:.4f}")
-    print_table("per class", ["class", "precision", "recall", "f1", "support"],
-                [[r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
-                 for r in report["per_class"]])
-    print_confusion(report["class_names"], report["confusion_matrix"])
-    worst = report["misclassified"][:10]
-    if worst:
-        print_table(f"most confident mistakes ({len(report['misclassified'])} in all)",
-                    ["path", "true", "predicted", "confidence"],
-                    [[m["path"], m["true"], m["predicted"], f"{m['confidence']:.3f}"] for m in worst])
-    rep.info(f"wrote {', '.join(('metrics.json', 'confusion_matrix.csv/.png', 'misclassified.csv/.png'))} "
-             f"to {report['outputs']}")
+    from imgclf.console import out_console, print_evaluation
+    print_evaluation(report)
+    rep.info(f"wrote {', '.join(OUTPUT_FILES)} to {report['outputs']}")
+    if html:
+        out_console.print(f"report: {report['report_html']}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- predict
@@ -287,78 +325,69 @@ def evaluate(model: str = typer.Argument(..., help="NAME, NAME:VERSION, NAME:TAG
 @handle_errors
 def predict(images: List[str] = typer.Argument(..., help="Image files, folders (recursive), or - to read "
                                                          "paths from stdin."),
-            model: str = typer.Option("latest", "--model", "-m", help="NAME, NAME:VERSION, NAME:TAG, latest, or "
-                                                                      "a path (a model folder, its model.keras, "
-                                                                      "or an exported .onnx file)."),
-            top_k: int = typer.Option(3, help="How many (label, probability) pairs per image."),
-            format: Optional[OutFormat] = typer.Option(None, "--format", help="table | json | jsonl | csv "
-                                                                              "(default: table on a terminal, "
-                                                                              "else jsonl)."),
-            backend: str = typer.Option("auto", help="auto (ONNX when exported) | keras | onnx."),
-            batch_size: int = typer.Option(32, help="Images per batch."),
+            model: str = typer.Option("latest", "--model", "-m", autocompletion=complete_model,
+                                      help="NAME, NAME:VERSION, NAME:TAG, latest, or a path (a model folder, "
+                                           "its model.keras, or an exported .onnx file)."),
+            top_k: int = typer.Option(C.PREDICT_TOP_K, help="How many (label, probability) pairs per image."),
+            format: Optional[OutFormat] = typer.Option(None, "--format", help="Default: table on a terminal, "
+                                                                              "else jsonl."),
+            backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+            batch_size: int = typer.Option(C.PREDICT_BATCH_SIZE, help="Images per batch."),
+            min_confidence: Optional[float] = typer.Option(None, metavar="P", help="Abstain below this top "
+                                                           "probability: label null (uncertain in the table), "
+                                                           "abstained true; not an error."),
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
     from imgclf import registry as reg
-    from imgclf.predict import expand_inputs, load_classifier, predict_batches
+    from imgclf.calibration import check_probability
+    from imgclf.predict import check_predict_args, load_classifier, predict_to
 
-    if top_k < 1:
-        from imgclf.errors import UsageError
-        raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    fmt = format.value if format else ("table" if sys.stdout.isatty() else "jsonl")
-    clf = load_classifier(reg.resolve(registry, model), backend)
-    batches = predict_batches(clf, expand_inputs(images), top_k=top_k, batch_size=batch_size)
-    failed = total = 0
-    out = sys.stdout
-    # jsonl and csv stream: each batch is written and flushed as soon as the model has classified it
-    if fmt == "jsonl":
-        encode = json.JSONEncoder(ensure_ascii=False).encode
-        for rows in batches:
-            total += len(rows)
-            failed += sum(r["error"] is not None for r in rows)
-            out.write("".join([encode(r) + "\n" for r in rows]))
-            out.flush()
-    elif fmt == "csv":
-        w = csv.writer(out)
-        for rows in batches:
-            if not total:
-                w.writerow(["path", "label", "confidence", "top_k", "error"])
-            total += len(rows)
-            failed += sum(r["error"] is not None for r in rows)
-            w.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
-                         ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or ""]
-                        for r in rows)
-            out.flush()
-    else:
-        rows = [r for batch in batches for r in batch]
-        failed, total = sum(r["error"] is not None for r in rows), len(rows)
-        if rows and fmt == "json":
-            _print_json(rows)
-        elif rows:
-            from imgclf.console import print_table
-            print_table(None, ["path", "label", "confidence", f"top {top_k}"],
-                        [[r["path"], r["label"] or f"error: {r['error']}",
-                          "" if r["confidence"] is None else f"{r['confidence']:.3f}",
-                          ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])] for r in rows])
-    if not total:
-        from imgclf.config import IMAGE_EXTENSIONS
-        from imgclf.errors import DataError
-        folders = [i for i in images if i != "-"]
-        reasons = [f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(folders)}"] if folders else []
-        reasons += ["no paths on stdin"] if "-" in images else []
-        raise DataError("nothing to classify: " + "; ".join(reasons))
+    check_predict_args(top_k, batch_size)  # before loading a model
+    check_probability("min-confidence", min_confidence)
+    fmt = format or ("table" if sys.stdout.isatty() else "jsonl")
+    failed = predict_to(sys.stdout, images, load_classifier(reg.resolve(registry, model), backend), fmt,
+                        top_k=top_k, batch_size=batch_size, min_confidence=min_confidence)
     if failed:
-        from imgclf.console import err_console
-        err_console.print(f"error: {failed} image(s) could not be classified", style="red", markup=False)
+        from imgclf.console import error
+        error(f"{failed} image(s) could not be classified")
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- compare
+@app.command()
+@handle_errors
+def compare(model_a: str = ModelArg(help="Model A (e.g. the one in production)."),
+            model_b: str = ModelArg(help="Model B (e.g. the candidate)."),
+            data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
+            out: Optional[Path] = typer.Option(None, help="Folder for compare.json, disagreements.csv/.png "
+                                                          "(default: B's registry folder, compare/A/)."),
+            backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+            format: TableOrJson = typer.Option("table", "--format"),
+            force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
+    """Compare two models image by image: accuracies, per-class recall, the images only one gets right,
+    McNemar's exact test."""
+    from imgclf import registry as reg
+    from imgclf.compare import OUTPUT_FILES, compare_models
+
+    rep = _reporter(quiet)
+    report = compare_models(reg.resolve(registry, model_a), reg.resolve(registry, model_b), data, out=out,
+                            backend=backend, force=force, reporter=rep)
+    if format == "json":
+        _print_json(report)
+        return
+    from imgclf.console import print_compare
+    print_compare(report)
+    rep.info(f"wrote {', '.join(OUTPUT_FILES)} to {report['outputs']}")
 
 
 # ---------------------------------------------------------------------------------------------- export
 @app.command()
 @handle_errors
-def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a model folder."),
-           format: str = typer.Option("onnx", "--format", help="onnx (the only format for now)."),
+def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a model folder."),
+           format: Literal["onnx"] = typer.Option("onnx", "--format", help="Export format."),
            out: Optional[Path] = typer.Option(None, help="Also write the .onnx file here."),
-           opset: int = typer.Option(17, help="ONNX opset."),
+           opset: int = typer.Option(C.EXPORT_OPSET, help="ONNX opset."),
            check: Optional[List[Path]] = typer.Option(None, help="An image for the Keras/ONNX parity check "
                                                                  "(repeat for more; default: the model's own "
                                                                  "sample images)."),
@@ -366,38 +395,25 @@ def export(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:
            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras."""
     from imgclf import registry as reg
-    from imgclf.errors import UsageError
     from imgclf.export import export_onnx
 
-    if format != "onnx":
-        raise UsageError(f"--format must be onnx, got {format!r}")
-    ref = reg.resolve(registry, model)
-    report = export_onnx(ref, out=out, opset=opset, check_paths=[str(c) for c in check] if check else None,
-                         force=force)
-    rep = _reporter(quiet)
-    rep.info(f"parity check on {report['checked_images']} {report['check_source']}: top-1 agreement "
-             f"{report['top1_agreement']:.3f}, max |dp| {report['max_abs_diff']:.2e}")
+    report = export_onnx(reg.resolve(registry, model), out=out, opset=opset,
+                         check_paths=[str(c) for c in check] if check else None, force=force)
+    _reporter(quiet).info(f"parity check on {report['checked_images']} {report['check_source']}: top-1 agreement "
+                          f"{report['top1_agreement']:.3f}, max |dp| {report['max_abs_diff']:.2e}")
     sys.stdout.write((report["out"] or report["path"]) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- models
 @models_app.command("list")
 @handle_errors
-def models_list(registry: Optional[Path] = RegistryOpt,
-                format: TableOrJson = typer.Option(TableOrJson.table, "--format", help="table | json")):
+def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = typer.Option("table", "--format")):
     """List the models in the registry (and any unfinished runs)."""
     from imgclf import registry as reg
 
     models, debris = reg.list_models(registry)
-    rows = []
-    for m in models:
-        md = m.metadata
-        metrics = md.get("metrics", {})
-        acc = md.get("evaluation", {}).get("accuracy", metrics.get("test_accuracy", metrics.get("val_accuracy")))
-        rows.append({"name": md.get("name"), "version": md.get("version"), "arch": md.get("arch"),
-                     "classes": len(md.get("class_names", [])), "accuracy": acc,
-                     "onnx": m.onnx_path.is_file(), "created": md.get("created"), "path": str(m.path)})
-    if format == TableOrJson.json:
+    rows = [reg.summary(m) for m in models]
+    if format == "json":
         _print_json({"registry": str(reg.root_of(registry)), "models": rows, "unfinished": debris})
         return
     from imgclf.console import print_table
@@ -412,8 +428,7 @@ def models_list(registry: Optional[Path] = RegistryOpt,
 
 @models_app.command("show")
 @handle_errors
-def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a path."),
-                registry: Optional[Path] = RegistryOpt):
+def models_show(model: str = ModelArg("latest"), registry: Optional[Path] = RegistryOpt):
     """Print a model's metadata (JSON)."""
     from imgclf import registry as reg
 
@@ -421,9 +436,34 @@ def models_show(model: str = typer.Argument("latest", help="NAME, NAME:VERSION, 
     _print_json(dict(ref.metadata, path=str(ref.path)))
 
 
+@models_app.command("card")
+@handle_errors
+def models_card(model: str = ModelArg("latest"),
+                out: Optional[Path] = typer.Option(None, help="Where to write it (a file or a folder; - for "
+                                                              "stdout). Default: MODEL_CARD.md in the model's "
+                                                              "version folder."),
+                force: bool = typer.Option(False, "--force", help="Overwrite an existing card."),
+                registry: Optional[Path] = RegistryOpt):
+    """Write MODEL_CARD.md: intended use, classes, training data, configuration, metrics, weak classes, files."""
+    from imgclf import registry as reg
+    from imgclf.modelcard import write_card
+
+    path = write_card(reg.resolve(registry, model), out=out, force=force)
+    if path is not None:
+        sys.stdout.write(f"{path}\n")
+
+
+def _confirm(what: str, question: str) -> None:
+    """Ask on a terminal; refuse without --yes when nobody can answer."""
+    if not sys.stdin.isatty():
+        from imgclf.errors import UsageError
+        raise UsageError(f"not {what} without confirmation: pass --yes")
+    typer.confirm(question, abort=True, err=True)
+
+
 @models_app.command("rm")
 @handle_errors
-def models_rm(model: str = typer.Argument(..., help="NAME:VERSION (or NAME for its newest version)."),
+def models_rm(model: str = ModelArg(help="NAME:VERSION (or NAME for its newest version)."),
               yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
               registry: Optional[Path] = RegistryOpt):
     """Remove one model version from the registry."""
@@ -431,10 +471,7 @@ def models_rm(model: str = typer.Argument(..., help="NAME:VERSION (or NAME for i
 
     ref = reg.resolve(registry, model)
     if not yes:
-        if not sys.stdin.isatty():
-            from imgclf.errors import UsageError
-            raise UsageError(f"not removing {ref.label} without confirmation: pass --yes")
-        typer.confirm(f"remove {ref.label} ({ref.path})?", abort=True, err=True)
+        _confirm(f"removing {ref.label}", f"remove {ref.label} ({ref.path})?")
     path = reg.remove(registry, model)
     _reporter().info(f"removed {ref.label} ({path})")
 
@@ -453,28 +490,43 @@ def models_clean(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask
     for run, info in stale:
         _reporter().info(f"unfinished run {run.name} ({info.get('epochs_done', 0)} epochs done)")
     if not yes:
-        if not sys.stdin.isatty():
-            from imgclf.errors import UsageError
-            raise UsageError(f"not deleting {len(stale)} unfinished run(s) without confirmation: pass --yes")
-        typer.confirm(f"delete {len(stale)} unfinished run(s)?", abort=True, err=True)
+        _confirm(f"deleting {len(stale)} unfinished run(s)", f"delete {len(stale)} unfinished run(s)?")
     removed = reg.clean(registry)
     _reporter().info(f"deleted {len(removed)} unfinished run(s)")
 
 
 @models_app.command("tag")
 @handle_errors
-def models_tag(model: str = typer.Argument(..., help="NAME:VERSION to tag."),
+def models_tag(model: str = ModelArg(help="NAME:VERSION to tag."),
                alias: str = typer.Argument(..., help="Tag, used as NAME:TAG (e.g. prod)."),
-               registry: Optional[Path] = RegistryOpt):
+               gate: Optional[Path] = typer.Option(None, metavar="DATA", help="Move the tag only if the model, "
+                                                   "compared on DATA with the version holding the tag, passes "
+                                                   "the limits below (else exit 1, tag unchanged)."),
+               max_regressions: Optional[int] = typer.Option(None, metavar="N", help="--gate: at most N images "
+                                                             "the current version gets right may turn wrong "
+                                                             "(default: no limit)."),
+               min_accuracy_delta: float = typer.Option(0.0, metavar="D", help="--gate: the accuracy may fall "
+                                                        "by at most D (default 0: at least as accurate; "
+                                                        "negative: must gain -D)."),
+               registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Give a model version an alias: NAME:ALIAS then resolves to it."""
     from imgclf import registry as reg
 
-    ref = reg.set_tag(registry, model, alias)
+    if gate is None:
+        if max_regressions is not None or min_accuracy_delta != 0.0:
+            from imgclf.errors import UsageError
+            raise UsageError("--max-regressions and --min-accuracy-delta apply with --gate DATA only")
+        ref = reg.set_tag(registry, model, alias)
+    else:
+        from imgclf.compare import gated_tag
+        ref = reg.resolve(registry, gated_tag(registry, model, alias, gate, max_regressions, min_accuracy_delta,
+                                              reporter=_reporter(quiet))["tagged"])
     _reporter().info(f"{ref.metadata['name']}:{alias} -> version {ref.metadata['version']}")
 
 
 def main():
-    app()
+    # one program name however it was started (`imgclf`, `python -m imgclf`): usage lines, completion
+    app(prog_name="imgclf")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,21 @@ AUTO_PRETRAINED_MIN_SIZE = 64
 SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="none")
 PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="light", image_size=160)
 
+# The fixed choices of options (the CLI offers exactly these; the library checks them too)
+SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the original files
+BACKENDS = ("auto", "keras", "onnx")            # auto: the ONNX export when there is one
+OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
+CLASS_WEIGHTS = ("none", "auto")                # auto: inverse class frequency
+CALIBRATION_METHODS = ("temperature", "none")   # train --calibrate: temperature fitted on val (calibration.py)
+
+# Defaults of the commands other than train (train's are TrainConfig's fields, below)
+DEFAULT_SEED = 42
+SPLIT_VAL = 0.1
+SPLIT_TEST = 0.1
+PREDICT_TOP_K = 3
+PREDICT_BATCH_SIZE = 32
+EXPORT_OPSET = 17
+
 
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
     if not (low <= value <= high):
@@ -59,9 +74,11 @@ class AugmentConfig:
     contrast: float = 0.0
 
     @classmethod
-    def from_options(cls, policy: str = "none", **overrides) -> "AugmentConfig":
+    def from_options(cls, policy: str = "none", option: str = "--augment", **overrides) -> "AugmentConfig":
+        """A policy's operations, with the ones given in `overrides` (not None) replacing them. `option` is
+        the name the user typed the policy with, for the message."""
         if policy not in AUGMENT_POLICIES:
-            raise UsageError(f"--augment must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
+            raise UsageError(f"{option} must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
         values = dict(AUGMENT_POLICIES[policy])
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
@@ -91,7 +108,7 @@ class TrainConfig:
     image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
     channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
     lr: Optional[float] = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     val_split: float = 0.1                # held out of train/ when the data has no val/
     patience: int = 4                     # early stopping on val_loss; 0 disables it
     name: Optional[str] = None            # registry name; default: the data folder's name
@@ -106,6 +123,7 @@ class TrainConfig:
     arch_choice: Optional[dict] = None    # what --arch auto chose and why (set by arch_choice.choose)
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
+    calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
     def resolve_defaults(self, pretrained: bool) -> None:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
@@ -133,8 +151,10 @@ class TrainConfig:
         if self.lr is not None and not (0 < self.lr < 1):
             raise UsageError(f"--lr must be between 0 and 1, got {self.lr}")
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
-        if self.class_weight not in ("auto", "none"):
-            raise UsageError(f"--class-weight must be auto or none, got {self.class_weight!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        if self.calibrate not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibrate must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibrate!r}")
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()

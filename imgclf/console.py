@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,14 +19,12 @@ class Reporter:
     def __init__(self, quiet: bool = False, console: Optional[Console] = None):
         self.quiet = quiet
         self.console = console or err_console
-        self.warnings = 0
 
     def info(self, msg: str) -> None:
         if not self.quiet:
             self.console.print(msg, markup=False, soft_wrap=True)
 
     def warn(self, msg: str) -> None:
-        self.warnings += 1
         self.console.print(f"warning: {msg}", style="yellow", markup=False, soft_wrap=True)
 
     @contextlib.contextmanager
@@ -102,5 +99,93 @@ def print_confusion(class_names: Sequence[str], matrix, console: Console = None)
     console.print(table)
 
 
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
+def print_predictions(rows: List[dict], top_k: int, console: Console = None) -> None:
+    """`imgclf predict` on a terminal: one row per image; failures say why in the label column."""
+    print_table(None, ["path", "label", "confidence", f"top {top_k}"],
+                [[r["path"], "uncertain" if r.get("abstained") else r["label"] or f"error: {r['error']}",
+                  "" if r["confidence"] is None else f"{r['confidence']:.3f}",
+                  ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])] for r in rows], console)
+
+
+def error(message: str) -> None:
+    """The one-line `error: ...` on stderr."""
+    err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_scan_report(report: dict, console: Console = None) -> None:
+    """`imgclf scan` on a terminal: counts per split, sizes, modes, problem files."""
+    for split_name, info in report["splits"].items():
+        where = report["data"] if split_name == "." else split_name
+        print_table(f"{where}: {info['images']} usable images", ["class", "images"], list(info["per_class"].items()),
+                    console)
+    print_table("image sizes (width x height)", ["size", "images"], report["sizes"][:10], console)
+    print_table("image modes", ["mode", "images"], report["modes"], console)
+    if report["problems"]:
+        print_table(f"{len(report['problems'])} problem files", ["file", "reason"],
+                    [(p["path"], p["reason"]) for p in report["problems"]], console)
+
+
+def print_evaluation(report: dict, console: Console = None) -> None:
+    """`imgclf evaluate` on a terminal: headline, per-class table, confusion matrix, worst mistakes."""
+    console = console or out_console
+    console.print(f"model {escape(report['model'])} on {escape(report['data'])} ({report['images']} images, "
+                  f"{report['backend']}): accuracy [bold]{report['accuracy']:.4f}[/bold], "
+                  f"macro F1 {report['macro_f1']:.4f}")
+    print_table("per class", ["class", "precision", "recall", "f1", "support"],
+                [[r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
+                 for r in report["per_class"]], console)
+    print_confusion(report["class_names"], report["confusion_matrix"], console)
+    worst = report["misclassified"][:10]
+    if worst:
+        print_table(f"most confident mistakes ({len(report['misclassified'])} in all)",
+                    ["path", "true", "predicted", "confidence"],
+                    [[m["path"], m["true"], m["predicted"], f"{m['confidence']:.3f}"] for m in worst], console)
+    if "calibration" in report:
+        print_calibration(report, console)
+
+
+def print_calibration(report: dict, console: Console = None):
+    """`imgclf evaluate`: calibration before/after, the risk-coverage table and the --target-accuracy answer."""
+    console = console or out_console
+    cal = report["calibration"]
+    print_table(f"confidence calibration (temperature {cal['temperature']:.3f})", ["metric", "uncalibrated",
+                                                                                    "calibrated"],
+                [[f"ECE ({cal['bins']} bins)", f"{cal['ece_uncalibrated']:.4f}", f"{cal['ece']:.4f}"],
+                 ["NLL", f"{cal['nll_uncalibrated']:.4f}", f"{cal['nll']:.4f}"],
+                 ["Brier", f"{cal['brier_uncalibrated']:.4f}", f"{cal['brier']:.4f}"]], console=console)
+    print_table("risk-coverage (images whose top probability >= threshold)", ["threshold", "coverage", "accuracy"],
+                [[f"{r['threshold']:.2f}", f"{r['coverage']:.3f}",
+                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in report["risk_coverage"]],
+                console=console)
+    target = report.get("target_accuracy")
+    if target:
+        if target["threshold"] is None:
+            console.print(f"no confidence threshold reaches accuracy {target['target']:.4f} on this data",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print(f"accuracy {target['target']:.4f}: lowest threshold {target['threshold']:.6f} keeps "
+                          f"{target['coverage']:.1%} of the images (accuracy {target['accuracy']:.4f} on them)",
+                          markup=False, soft_wrap=True)
+
+
+def print_compare(report: dict, console: Console = None, max_rows: int = 10):
+    """`imgclf compare`: both accuracies, the 2x2 agreement counts, McNemar's p, per-class recall, disagreements."""
+    console = console or out_console
+    console.print(f"A = {report['model_a']}, B = {report['model_b']} on {report['data']} ({report['images']} "
+                  f"images): accuracy A {report['accuracy_a']:.4f}, B {report['accuracy_b']:.4f} "
+                  f"({report['accuracy_delta']:+.4f})", markup=False, soft_wrap=True)
+    print_table("image by image", ["", "B right", "B wrong"],
+                [["A right", report["both_right"], report["only_a_right"]],
+                 ["A wrong", report["only_b_right"], report["both_wrong"]]], console=console)
+    console.print(f"McNemar exact test on the {report['only_a_right'] + report['only_b_right']} images only one "
+                  f"gets right: p = {report['mcnemar_p']:.4g}", markup=False, soft_wrap=True)
+    print_table("recall per class", ["class", "A", "B", "B - A"],
+                [[r["class"], "" if r["recall_a"] is None else f"{r['recall_a']:.3f}",
+                  "" if r["recall_b"] is None else f"{r['recall_b']:.3f}",
+                  "" if r["delta"] is None else f"{r['delta']:+.3f}"] for r in report["per_class"]], console=console)
+    rows = report["disagreements"]
+    if rows:
+        print_table(f"images only one model gets right ({len(rows)}; first {min(len(rows), max_rows)})",
+                    ["path", "true", "A", "B"],
+                    [[r["path"], r["true"], f"{r['pred_a']} {r['conf_a']:.3f}", f"{r['pred_b']} {r['conf_b']:.3f}"]
+                     for r in rows[:max_rows]], console=console)

@@ -22,7 +22,8 @@ class DataError(ImgclfError):
 
 
 class ImageError(ImgclfError):
-    """One image cannot be used; callers skip it and report `path: reason`."""
+    """A file we could not use: `.path` and `.reason`. Raised by the decoder, and the one record of a
+    skipped file everywhere (scan's problems, the pixel cache, augment, predict's error rows)."""
 
     def __init__(self, path, reason):
         super().__init__(f"{path}: {reason}")
@@ -34,5 +35,13 @@ class ModelNotFound(ImgclfError):
     """An unknown model name, version or path."""
 
 
+class ModelError(ImgclfError):
+    """A model that exists but cannot be used as saved (e.g. preprocessing this version cannot honour)."""
+
+
 class ExportError(ImgclfError):
     """ONNX export failed or the exported model disagrees with Keras."""
+
+
+class GateRefused(ImgclfError):
+    """`imgclf models tag --gate`: the candidate did not pass the comparison; the tag is unchanged."""

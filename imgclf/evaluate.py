@@ -6,7 +6,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from imgclf.errors import DataError, UsageError
 from imgclf.predict import load_classifier, predict_probabilities
 
 OUTPUT_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
-                "misclassified.png")
+                "misclassified.png", "reliability.png", "risk_coverage.png")
 
 
 def evaluation_folder(data) -> Path:
@@ -32,21 +32,57 @@ def evaluation_folder(data) -> Path:
 
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None) -> dict:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+             force: bool = False, reporter=None, html: bool = True, report_images: int = 200,
+             target_accuracy: Optional[float] = None) -> dict:
+    """Run the model on DATA (test/ of a split root, else val/, else the tree), write OUTPUT_FILES to `out`
+    (default: the model's evaluation/ folder; an existing --out is overwritten only with `force`) and
+    record the headline figures in the model's metadata; with `html`, also report.html (imgclf/report.py,
+    `report_images` thumbnails). Returns the report (`--format json`).
+    Every figure uses the calibrated probabilities; the calibration ones also the uncalibrated (T = 1)."""
+    from imgclf.calibration import check_probability, evaluation_report
+    from imgclf.plots import reliability_png, risk_coverage_png
 
-    from imgclf.plots import confusion_matrix_png, misclassified_png
-
+    if report_images < 0:
+        raise UsageError(f"--report-images must be 0 or more, got {report_images}")
+    check_probability("target-accuracy", target_accuracy)
     folder = evaluation_folder(data)
     user_out = out is not None
     out = Path(out) if out else (ref.path / "evaluation")
     if user_out and not force:
-        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+        clash = [f for f in OUTPUT_FILES + (("report.html",) if html else ()) if (out / f).exists()]
         if clash:
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
-    class_names = clf.class_names
-    ds = scan(folder, class_names=class_names)
+    d, problems = _decode_folder(folder, clf, reporter)
+    raw = predict_probabilities(clf, np.asarray(d.pixels), calibrated=False)
+    confidence_report, probs = evaluation_report(raw, d.labels, clf.temperature, target_accuracy)
+    scores, wrong = score(d.labels, probs, clf.class_names, d.paths)
+    report = {"model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend,
+              "images": int(len(d.labels)), "skipped": len(problems)} | scores
+    report = {k: v for k, v in report.items() if k != "misclassified"} | confidence_report | \
+        {"misclassified": report["misclassified"]}
+    write_outputs(out, report, [d.pixels[i] for i in wrong[:25]])
+    reliability_png(out / "reliability.png", report["reliability"], report["calibration"])
+    risk_coverage_png(out / "risk_coverage.png", probs, d.labels, report["risk_coverage"],
+                      report.get("target_accuracy"))
+    report["outputs"] = str(out)
+    if not ref.onnx_only:
+        registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
+                                                  "macro_f1": report["macro_f1"], "images": report["images"],
+                                                  "ece": report["calibration"]["ece"], "outputs": str(out)})
+    if html:
+        from imgclf.report import write_report
+        report["report_html"] = str(write_report(
+            out, report, paths=d.paths, true=d.labels, pred=probs.argmax(axis=1), confidence=probs.max(axis=1),
+            metadata=ref.metadata, model_dir=None if ref.onnx_only else ref.path, problems=problems,
+            max_images=report_images))
+    return report
+
+
+def _decode_folder(folder: Path, clf, reporter):
+    """(Decoded pixels of the folder's usable images, labels in the model's class order; the files skipped,
+    each with .path and .reason)."""
+    ds = scan(folder, class_names=clf.class_names)
     if reporter:
         for p in ds.problems:
             reporter.warn(f"skipped {p.path}: {p.reason}")
@@ -61,46 +97,49 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         d = decode(ds.paths, ds.labels, clf.spec)
     if not len(d.labels):
         raise DataError(f"{folder}: no decodable images to evaluate")
-    probs = predict_probabilities(clf, np.asarray(d.pixels))
+    return d, list(ds.problems) + list(d.problems)
+
+
+def score(y: np.ndarray, probs: np.ndarray, class_names, paths) -> Tuple[dict, np.ndarray]:
+    """(Accuracy, macro F1, per-class precision/recall/F1, the confusion matrix (rows: true) and the
+    misclassified images, most confident mistakes first; the indices of those images, in that order)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     pred = probs.argmax(axis=1)
-    y = d.labels
     k = len(class_names)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=list(range(k)),
                                                                      zero_division=0)
-    accuracy = float((pred == y).mean())
     per_class = [{"class": class_names[i], "precision": round(float(precision[i]), 6),
                   "recall": round(float(recall[i]), 6), "f1": round(float(f1[i]), 6), "support": int(support[i])}
                  for i in range(k)]
     wrong = np.flatnonzero(pred != y)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
-    misclassified = [{"path": d.paths[i], "true": class_names[y[i]], "predicted": class_names[pred[i]],
+    misclassified = [{"path": paths[i], "true": class_names[y[i]], "predicted": class_names[pred[i]],
                       "confidence": round(float(probs[i, pred[i]]), 6)} for i in wrong]
+    return {"accuracy": round(float((pred == y).mean()), 6), "macro_f1": round(float(np.mean(f1)), 6),
+            "class_names": list(class_names), "per_class": per_class, "confusion_matrix": cm.tolist(),
+            "misclassified": misclassified}, wrong
 
-    report = {
-        "model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend, "images": int(len(y)),
-        "skipped": len(ds.problems) + len(d.problems), "accuracy": round(accuracy, 6),
-        "macro_f1": round(float(np.mean(f1)), 6), "class_names": class_names,
-        "per_class": per_class, "confusion_matrix": cm.tolist(), "misclassified": misclassified,
-    }
+
+def write_outputs(out: Path, report: dict, worst_pixels) -> None:
+    """metrics.json, confusion_matrix.csv/.png, misclassified.csv/.png (`worst_pixels`: the images of
+    the first misclassified rows, for the picture)."""
+    from imgclf.plots import confusion_matrix_png, misclassified_png
+
+    class_names, misclassified = report["class_names"], report["misclassified"]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.json", "w", encoding="utf-8") as f:
-        json.dump({k_: v for k_, v in report.items() if k_ != "misclassified"} |
+        json.dump({k: v for k, v in report.items() if k != "misclassified"} |
                   {"misclassified_count": len(misclassified)}, f, indent=2)
     with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["true \\ predicted"] + class_names)
-        for name, row in zip(class_names, cm):
+        for name, row in zip(class_names, report["confusion_matrix"]):
             w.writerow([name] + [int(v) for v in row])
     with open(out / "misclassified.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["path", "true", "predicted", "confidence"])
         w.writeheader()
         w.writerows(misclassified)
-    confusion_matrix_png(out / "confusion_matrix.png", class_names, cm)
-    misclassified_png(out / "misclassified.png", misclassified, [d.pixels[i] for i in wrong[:25]])
-    report["outputs"] = str(out)
-    if not ref.onnx_only:
-        registry.update_metadata(ref, evaluation={"data": report["data"], "accuracy": report["accuracy"],
-                                                  "macro_f1": report["macro_f1"], "images": report["images"],
-                                                  "outputs": str(out)})
-    return report
+    confusion_matrix_png(out / "confusion_matrix.png", class_names, np.asarray(report["confusion_matrix"]))
+    misclassified_png(out / "misclassified.png", misclassified, worst_pixels)

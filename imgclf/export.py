@@ -7,37 +7,23 @@ on `model(x, training=False)`: `from_keras` fails on Keras 3 models (KeyError 'k
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from imgclf import registry
+from imgclf.calibration import apply_temperature, temperature_of
+from imgclf.config import EXPORT_OPSET
 from imgclf.errors import ExportError, ImageError, UsageError
+from imgclf.onnx_meta import metadata_props
 from imgclf.preprocessing import PreprocessingSpec, load_image
 
-DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
-METADATA_KEY = "imgclf"
-
-
-def read_onnx_metadata(path) -> dict:
-    """The imgclf metadata of an exported .onnx file (class names, preprocessing, ...). Needs only onnx."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise UsageError(f"{path}: not a readable ONNX file ({e})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise UsageError(f"{path}: ONNX file has no imgclf metadata (class names, preprocessing)")
-    return json.loads(props[METADATA_KEY])
 
 
 def _float32_model(ref: registry.ModelRef, model):
@@ -47,13 +33,12 @@ def _float32_model(ref: registry.ModelRef, model):
     if model.dtype_policy.name == "float32" and all(l.dtype_policy.name == "float32" for l in model.layers):
         return model
     from imgclf.architectures import get_architecture
-    from imgclf.config import TrainConfig, AugmentConfig
+    from imgclf.config import TrainConfig
 
     keras.mixed_precision.set_global_policy("float32")
-    cfg_d = dict(ref.metadata["config"])
-    cfg = TrainConfig(**{k: v for k, v in cfg_d.items() if k != "augment"}, augment=AugmentConfig(**cfg_d["augment"]))
+    cfg = TrainConfig.from_dict(ref.metadata["config"])
     cfg.weights = "none"
-    spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+    spec = ref.spec
     fresh = get_architecture(ref.metadata["arch"]).build(spec.shape, len(ref.metadata["class_names"]), cfg)
     fresh.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return fresh
@@ -72,8 +57,8 @@ def check_images(ref: registry.ModelRef, spec: PreprocessingSpec, paths: Optiona
     return (np.stack(arrays) if arrays else None), used
 
 
-def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int = DEFAULT_OPSET,
-                check_paths: Optional[Sequence[str]] = None, force: bool = False, reporter=None) -> dict:
+def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int = EXPORT_OPSET,
+                check_paths: Optional[Sequence[str]] = None, force: bool = False) -> dict:
     if ref.onnx_only:
         raise UsageError(f"{ref.onnx_path}: already an ONNX file; export takes a registry model")
     if not (7 <= opset <= 21):
@@ -87,35 +72,34 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     import tensorflow as tf
     import tf2onnx
 
-    spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+    spec = ref.spec
     model = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
     model = _float32_model(ref, model)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
-    fn = tf.function(lambda x: {"probabilities": model(x, training=False)}, input_signature=signature)
+    # the model's temperature goes inside the graph: a deployment without imgclf gets calibrated numbers
+    temperature = temperature_of(ref.metadata)
+    fn = tf.function(lambda x: {"probabilities": apply_temperature(model(x, training=False), temperature,
+                                                                   xp=tf.experimental.numpy)},
+                     input_signature=signature)
     try:
         onnx_model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as e:
         raise ExportError(f"{ref.label}: ONNX conversion failed ({type(e).__name__}: {str(e).splitlines()[0]})") \
             from None
-    meta = {k: ref.metadata.get(k) for k in ("name", "version", "created", "arch", "class_names", "preprocessing",
-                                             "image_size", "channels")}
-    meta["opset"] = opset
-    props = {METADATA_KEY: json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
-             "preprocessing": json.dumps(meta["preprocessing"]), "image_size": json.dumps(meta["image_size"]),
-             "channels": str(meta["channels"])}
     del onnx_model.metadata_props[:]
-    for k, v in props.items():
+    calibration = dict(ref.metadata.get("calibration") or {"method": "none"}, temperature=temperature, in_graph=True)
+    for k, v in metadata_props(ref.metadata, opset=opset, calibration=calibration).items():
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx_model.producer_name = "imgclf"
     onnx_model.doc_string = (f"imgclf model {ref.label}: input 'image' float32 NHWC raw pixels 0..255, "
                              f"{spec.image_size[0]}x{spec.image_size[1]}x{spec.channels}; output probabilities "
-                             f"over class_names (metadata_props)")
+                             f"over class_names (metadata_props), calibrated with temperature {temperature:g}")
 
     tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / "model.onnx"
     try:
         onnx.save(onnx_model, str(tmp))
-        report = verify(ref, model, tmp, spec, check_paths)
+        report = verify(ref, model, tmp, spec, check_paths, temperature)
         targets = [ref.path / registry.ONNX_FILE] + ([Path(out)] if out else [])
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,12 +110,13 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
         shutil.rmtree(tmp.parent, ignore_errors=True)
     report.update(path=str(ref.path / registry.ONNX_FILE), out=str(out) if out else None, opset=opset)
     registry.update_metadata(ref, onnx={k: report[k] for k in ("opset", "checked_images", "max_abs_diff",
-                                                                "top1_agreement", "check_source")})
+                                                                "top1_agreement", "check_source", "temperature")})
     return report
 
 
-def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None) -> dict:
-    """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE."""
+def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=None, temperature: float = 1.0) -> dict:
+    """Run Keras and ONNX on the same images; raise ExportError when top-1 differs or |dp| > TOLERANCE.
+    Both sides are calibrated: Keras' output through apply_temperature, the ONNX graph holds T itself."""
     import onnxruntime as ort
 
     pixels, used = check_images(ref, spec, check_paths)
@@ -143,12 +128,13 @@ def verify(ref, model, onnx_path: Path, spec: PreprocessingSpec, check_paths=Non
         pixels = rng.integers(0, 256, size=(8,) + spec.shape, dtype=np.uint8)
         source = "random pixels (the training images were not found)"
     x = pixels.astype(np.float32)
-    keras_p = np.asarray(model(x, training=False), dtype=np.float32)
+    keras_p = apply_temperature(np.asarray(model(x, training=False), dtype=np.float32), temperature)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_p = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     diff = float(np.max(np.abs(keras_p - onnx_p)))
     agree = float(np.mean(keras_p.argmax(1) == onnx_p.argmax(1)))
-    report = {"checked_images": int(len(x)), "max_abs_diff": diff, "top1_agreement": agree, "check_source": source}
+    report = {"checked_images": int(len(x)), "max_abs_diff": diff, "top1_agreement": agree, "check_source": source,
+              "temperature": temperature}
     if agree < 1.0 or diff > TOLERANCE:
         raise ExportError(f"{ref.label}: ONNX disagrees with Keras on {len(x)} {source} (top-1 agreement "
                           f"{agree:.3f}, max |dp| {diff:.2e} > {TOLERANCE:g}); not saved")

@@ -83,3 +83,257 @@ def misclassified_png(path, rows: List[dict], pixels: List[np.ndarray], max_imag
         d.text((x0, y0), f"{row['true']} {arrow} {row['predicted']}", fill=(180, 0, 0), font=font)
         d.text((x0, y0 + 15), f"({row['confidence']:.2f})", fill="black", font=font)
     img.save(path)
+
+
+# ------------------------------------------------------------------------ calibration and risk-coverage
+
+
+def _axes(d, box, font, x_label: str, y_label: str, y_range=(0.0, 1.0)):
+    """Draw a frame with ticks at 0, 0.2, ..., 1 (x) and 5 steps of y_range; return data -> pixel mappers."""
+    x0, y0, x1, y1 = box
+    lo, hi = y_range
+    d.rectangle(box, outline="black")
+    for i in range(6):
+        f = i / 5
+        x = x0 + f * (x1 - x0)
+        d.line([x, y1, x, y1 + 4], fill="black")
+        d.text((x - 8, y1 + 6), f"{f:.1f}", fill="black", font=font)
+        y = y1 - f * (y1 - y0)
+        d.line([x0 - 4, y, x0, y], fill="black")
+        d.text((x0 - 34, y - 7), f"{lo + f * (hi - lo):.2f}", fill="black", font=font)
+    d.text(((x0 + x1) // 2 - _text_w(d, x_label, font) // 2, y1 + 22), x_label, fill="black", font=font)
+    d.text((x0 - 34, y0 - 20), y_label, fill="black", font=font)
+    span = (hi - lo) or 1.0
+    return (lambda v: x0 + v * (x1 - x0)), (lambda v: y1 - (v - lo) / span * (y1 - y0))
+
+
+def reliability_png(path, reliability: dict, calibration: dict) -> None:
+    """Reliability diagrams before and after temperature scaling: per confidence bin, the accuracy (bar)
+    against the mean confidence (red mark); a calibrated model's bars meet the diagonal."""
+    font, _ = _font(12)
+    title_font, _ = _font(14)
+    size, margin = 300, 60
+    img = Image.new("RGB", (2 * (size + margin) + margin, size + 2 * margin + 30), "white")
+    d = ImageDraw.Draw(img)
+    d.text((margin, 8), f"reliability ({len(reliability['calibrated'])} bins; bar = accuracy, red = mean "
+                        "confidence, diagonal = perfect calibration)", fill="black", font=title_font)
+    panels = [("uncalibrated", calibration["ece_uncalibrated"], "T = 1"),
+              ("calibrated", calibration["ece"], f"T = {calibration['temperature']:.3f}")]
+    for k, (key, ece_value, t_text) in enumerate(panels):
+        x0 = margin + k * (size + margin)
+        box = (x0, margin, x0 + size, margin + size)
+        fx, fy = _axes(d, box, font, "confidence", "accuracy")
+        d.line([fx(0), fy(0), fx(1), fy(1)], fill=(170, 170, 170), width=1)
+        for b in reliability[key]:
+            if not b["images"]:
+                continue
+            xa, xb = fx(b["low"]) + 1, fx(b["high"]) - 1
+            d.rectangle([xa, fy(b["accuracy"]), xb, fy(0)], fill=(90, 130, 210), outline=(40, 70, 150))
+            yc = fy(b["confidence"])
+            d.line([xa, yc, xb, yc], fill=(200, 30, 30), width=2)
+        d.text((x0 + 6, margin + 6), f"{key} ({t_text})", fill="black", font=font)
+        d.text((x0 + 6, margin + 22), f"ECE {ece_value:.4f}", fill="black", font=font)
+    img.save(path)
+
+
+def risk_coverage_png(path, probs: np.ndarray, labels: np.ndarray, rows: List[dict], target=None) -> None:
+    """Accuracy on the images kept against the share kept, as the confidence threshold rises (right to left),
+    with the table's thresholds marked and, when given, the target accuracy."""
+    font, _ = _font(12)
+    title_font, _ = _font(14)
+    w, h, margin = 520, 340, 60
+    img = Image.new("RGB", (w + 2 * margin, h + 2 * margin + 20), "white")
+    d = ImageDraw.Draw(img)
+    d.text((margin, 8), "risk-coverage: accuracy on the images kept (top probability >= threshold)",
+           fill="black", font=title_font)
+    n = len(labels)
+    if n:
+        conf = probs.max(axis=1)
+        order = np.argsort(-conf, kind="stable")
+        correct = (probs.argmax(axis=1) == labels)[order].astype(float)
+        acc = np.cumsum(correct) / np.arange(1, n + 1)
+        lo = max(0.0, np.floor(float(acc.min()) * 10) / 10 - 0.05)
+    else:
+        acc, lo = np.zeros(0), 0.0
+    fx, fy = _axes(d, (margin, margin, margin + w, margin + h), font, "coverage (share of images kept)",
+                   "accuracy", (lo, 1.0))
+    if target and target.get("target") is not None and target["target"] >= lo:
+        y = fy(target["target"])
+        for x in range(margin, margin + w, 8):
+            d.line([x, y, x + 4, y], fill=(0, 150, 0))
+        d.text((margin + 4, y - 16), f"target {target['target']:.3f}", fill=(0, 120, 0), font=font)
+    if n:
+        d.line([(fx((i + 1) / n), fy(a)) for i, a in enumerate(acc)] if n > 1 else
+               [(fx(1), fy(acc[0]))] * 2, fill=(40, 70, 150), width=2)
+    for r in rows:
+        if r["accuracy"] is None or r["coverage"] <= 0:
+            continue
+        x, y = fx(r["coverage"]), fy(r["accuracy"])
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(200, 30, 30))
+        if r["threshold"] in (0.0, 0.5, 0.9, 0.99):
+            d.text((x + 4, y + 4), f"t={r['threshold']:g}", fill=(150, 20, 20), font=font)
+    img.save(path)
+
+
+def disagreements_png(path, rows: List[dict], pixels: List[np.ndarray], heading: str, max_images: int = 25) -> None:
+    """A grid of images two models disagree on, each titled with the true class and both predictions."""
+    rows, pixels = rows[:max_images], pixels[:max_images]
+    font, _ = _font(12)
+    tile, pad, title_h = 128, 8, 50
+    cols = max(1, min(5, len(rows)))
+    nrows = max(1, (len(rows) + cols - 1) // cols)
+    img = Image.new("RGB", (cols * (tile + pad) + pad, nrows * (tile + title_h + pad) + pad + 24), "white")
+    d = ImageDraw.Draw(img)
+    d.text((pad, 4), heading if rows else "no images where one model is right and the other wrong",
+           fill="black", font=font)
+    for k, (row, arr) in enumerate(zip(rows, pixels)):
+        r, c = divmod(k, cols)
+        x0, y0 = pad + c * (tile + pad), 24 + pad + r * (tile + title_h + pad)
+        pic = Image.fromarray(arr[:, :, 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+        scale = tile / max(pic.size)
+        pic = pic.resize((max(1, int(pic.size[0] * scale)), max(1, int(pic.size[1] * scale))),
+                         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR)
+        img.paste(pic, (x0 + (tile - pic.size[0]) // 2, y0 + title_h))
+        d.text((x0, y0), f"true {row['true']}", fill="black", font=font)
+        for j, key in enumerate(("a", "b")):
+            ok = row[f"pred_{key}"] == row["true"]
+            d.text((x0, y0 + 15 * (j + 1)), f"{key.upper()}: {row[f'pred_{key}']} ({row[f'conf_{key}']:.2f})",
+                   fill=(0, 120, 0) if ok else (180, 0, 0), font=font)
+    img.save(path)
+
+
+# ------------------------------------------------------------------------------------- training curves
+CURVE_COLOURS = {"train": (31, 119, 180), "val": (230, 120, 20)}
+PHASE_FILL = {"train": None, "head": None, "fine-tune": (236, 242, 250)}
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    raw = span / max(1, ticks)
+    mag = 10 ** np.floor(np.log10(raw)) if raw > 0 else 1.0
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return float(m * mag)
+    return float(10 * mag)
+
+
+def _dashed(d, points, fill, width, dash=6, gap=4):
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        length = float(np.hypot(x1 - x0, y1 - y0))
+        pos = 0.0
+        while pos < length:
+            end = min(pos + dash, length)
+            a, b = pos / length if length else 0, end / length if length else 0
+            d.line([(x0 + (x1 - x0) * a, y0 + (y1 - y0) * a), (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b)],
+                   fill=fill, width=width)
+            pos = end + gap
+
+
+def phases_of(rows: List[dict]) -> List[Tuple[str, int, int]]:
+    """(phase, first epoch, last epoch) runs, in the order history.csv has them."""
+    out: List[Tuple[str, int, int]] = []
+    for r in rows:
+        phase, epoch = r.get("phase") or "train", int(float(r["epoch"]))
+        if out and out[-1][0] == phase:
+            out[-1] = (phase, out[-1][1], epoch)
+        else:
+            out.append((phase, epoch, epoch))
+    return out
+
+
+def curves_png(path, rows: List[dict], title: str = "") -> None:
+    """Loss and accuracy per epoch (train solid, validation dashed), from history.csv rows; the epochs of a
+    fine-tune phase are shaded and its start marked. `path` is a file name or a binary file object."""
+    font, _ = _font(13)
+    small, _ = _font(11)
+    pw, ph, left, right, top, bottom, gutter = 430, 260, 56, 14, 52, 44, 24
+    width, height = 2 * (left + pw + right) + gutter, top + ph + bottom
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    epochs = [int(float(r["epoch"])) for r in rows]
+    d.text((left, 8), title or "training curves", fill="black", font=font)
+    if not rows:
+        d.text((left, top + ph // 2), "no epochs recorded", fill=(120, 120, 120), font=font)
+        img.save(path, format="PNG")
+        return
+    e_lo, e_hi = min(epochs), max(epochs)
+    phases = phases_of(rows)
+    # legend (top right)
+    lx = width - 330
+    has_val = any(_float(r.get("val_loss")) is not None or _float(r.get("val_accuracy")) is not None for r in rows)
+    for name, label in (("train", "train"), ("val", "validation"))[:2 if has_val else 1]:
+        y = 14
+        if name == "train":
+            d.line([(lx, y + 7), (lx + 26, y + 7)], fill=CURVE_COLOURS[name], width=2)
+        else:
+            _dashed(d, [(lx, y + 7), (lx + 26, y + 7)], CURVE_COLOURS[name], 2)
+        d.text((lx + 32, y), label, fill="black", font=small)
+        lx += 32 + _text_w(d, label, small) + 18
+    if any(p[0] == "fine-tune" for p in phases):
+        d.rectangle([lx, 15, lx + 20, 27], fill=PHASE_FILL["fine-tune"], outline=(150, 170, 200))
+        d.text((lx + 26, 14), "fine-tune", fill="black", font=small)
+
+    for panel, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        x0 = panel * (left + pw + right + gutter) + left
+        y0 = top
+        series = {s: [(_float(r.get(("val_" if s == "val" else "") + metric)), int(float(r["epoch"])))
+                      for r in rows] for s in ("train", "val")}
+        values = [v for s in series.values() for v, _ in s if v is not None]
+        if metric == "accuracy":
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = 0.0, max(values) * 1.05 if values and max(values) > 0 else 1.0
+        step = _nice_step(hi - lo)
+        hi = float(np.ceil(hi / step) * step) if metric != "accuracy" else hi
+
+        def px(epoch):
+            return x0 + (pw * (epoch - e_lo) / (e_hi - e_lo) if e_hi > e_lo else pw / 2)
+
+        def py(v):
+            return y0 + ph - ph * (v - lo) / (hi - lo)
+
+        half = pw / (2 * max(1, e_hi - e_lo)) if e_hi > e_lo else pw / 2
+        for phase, a, b in phases:
+            fill = PHASE_FILL.get(phase)
+            if fill:
+                d.rectangle([max(x0, px(a) - half), y0, min(x0 + pw, px(b) + half), y0 + ph], fill=fill)
+        for i, (phase, a, _) in enumerate(phases):
+            if i:  # where a later phase starts
+                xb = px(a) - half
+                d.line([(xb, y0), (xb, y0 + ph)], fill=(90, 110, 150), width=1)
+                d.text((xb + 4, y0 + 4), f"{phase} from epoch {a}", fill=(60, 80, 120), font=small)
+            elif len(phases) > 1:
+                d.text((x0 + 4, y0 + 4), f"{phase} epochs", fill=(60, 80, 120), font=small)
+        t = lo
+        while t <= hi + 1e-9:
+            y = py(t)
+            d.line([(x0, y), (x0 + pw, y)], fill=(228, 228, 228))
+            text = f"{round(t, 6):g}"
+            d.text((x0 - 8 - _text_w(d, text, small), y - 7), text, fill=(70, 70, 70), font=small)
+            t += step
+        estep = max(1, int(np.ceil((e_hi - e_lo + 1) / 10)))
+        for e in range(e_lo, e_hi + 1, estep):
+            d.line([(px(e), y0 + ph), (px(e), y0 + ph + 4)], fill=(70, 70, 70))
+            d.text((px(e) - _text_w(d, str(e), small) / 2, y0 + ph + 6), str(e), fill=(70, 70, 70), font=small)
+        d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(120, 120, 120))
+        d.text((x0 + pw / 2 - _text_w(d, "epoch", small) / 2, y0 + ph + 24), "epoch", fill="black", font=small)
+        d.text((x0, y0 - 20), label, fill="black", font=font)
+        for s in ("train", "val"):
+            pts = [(px(e), py(v)) for v, e in series[s] if v is not None]
+            if not pts:
+                continue
+            colour = CURVE_COLOURS[s]
+            if len(pts) > 1:
+                if s == "train":
+                    d.line(pts, fill=colour, width=2, joint="curve")
+                else:
+                    _dashed(d, pts, colour, 2)
+            for x, y in pts:
+                d.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+    img.save(path, format="PNG")

@@ -5,36 +5,43 @@ order as soon as each batch is done. The ONNX path never imports TensorFlow.
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 import queue
 import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from imgclf.errors import ImageError, UsageError
-from imgclf.data.pipeline import InOrderMapper
-from imgclf.preprocessing import PreprocessingSpec, load_image
+from imgclf.calibration import apply_temperature, check_probability, temperature_of
+from imgclf.config import BACKENDS, OUTPUT_FORMATS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
+from imgclf.errors import DataError, ImageError, UsageError
+from imgclf.data.files import InOrderMapper
+from imgclf.preprocessing import load_image
 from imgclf.registry import ModelRef
 
-BACKENDS = ("auto", "keras", "onnx")
 
 
 class Classifier:
-    """probabilities = classifier(uint8 batch of spec.shape images)."""
+    """probabilities = classifier(uint8 batch of spec.shape images): calibrated with the model's temperature
+    (calibration.py; T = 1 for models without one)."""
 
     backend = "?"
 
     def __init__(self, ref: ModelRef):
         self.ref = ref
-        self.spec = PreprocessingSpec.from_dict(ref.metadata["preprocessing"])
+        self.spec = ref.spec
         self.class_names: List[str] = list(ref.metadata["class_names"])
+        self.temperature = temperature_of(ref.metadata)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.probabilities(batch, calibrated=True)
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -54,9 +61,15 @@ class OnnxClassifier(Classifier):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(ref.onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # exports since calibration hold T inside the graph (recorded in their metadata); older ones give
+        # uncalibrated probabilities (T = 1)
+        onnx_meta = json.loads(self.session.get_modelmeta().custom_metadata_map.get("imgclf", "{}"))
+        self.graph_temperature = temperature_of(onnx_meta)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        # the graph applied graph_temperature; softmax(log p / T) composes: T_a then T_b = T_a * T_b
+        return apply_temperature(out, (self.temperature if calibrated else 1.0) / self.graph_temperature)
 
 
 class KerasClassifier(Classifier):
@@ -70,9 +83,10 @@ class KerasClassifier(Classifier):
 
         self.model = import_keras().models.load_model(ref.keras_path, compile=False, safe_mode=True)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core
-        return np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        out = np.asarray(self.model(batch.astype(np.float32, copy=False), training=False))
+        return apply_temperature(out, self.temperature) if calibrated else out
 
 
 def load_classifier(ref: ModelRef, backend: str = "auto") -> Classifier:
@@ -104,19 +118,91 @@ def expand_inputs(items: Sequence[str], stdin=None) -> Iterator[str]:
             yield item
 
 
-def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [clf(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64,
+                          calibrated: bool = True) -> np.ndarray:
+    out = [clf.probabilities(pixels[i:i + batch_size], calibrated) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)
 
 
-def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int) -> List[dict]:
-    """One result row per image, for a whole batch at once (sorting and rounding in NumPy)."""
+def _rows(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], top_k: int,
+          min_confidence: Optional[float] = None) -> List[dict]:
+    """One result row per image, for a whole batch at once (sorting and rounding in NumPy). Below
+    `min_confidence` the row abstains: label None, abstained True (confidence and top_k still given)."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    best = np.take_along_axis(probs, order[:, :1], axis=1)[:, 0]
+    abstained = (best < min_confidence).tolist() if min_confidence is not None else [False] * len(paths)
     top = np.round(np.take_along_axis(probs, order, axis=1).astype(np.float64), 6).tolist()
     names = [[class_names[i] for i in row] for row in order.tolist()]
-    return [{"path": path, "label": n[0], "confidence": p[0],
-             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None}
-            for path, n, p in zip(paths, names, top)]
+    return [{"path": path, "label": None if a_ else n[0], "confidence": p[0],
+             "top_k": [{"label": a, "probability": b} for a, b in zip(n, p)], "error": None, "abstained": a_}
+            for path, n, p, a_ in zip(paths, names, top, abstained)]
+
+
+def check_predict_args(top_k: int, batch_size: int) -> None:
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+CSV_HEADER = ["path", "label", "confidence", "top_k", "error", "abstained"]
+
+
+def write_predictions(batches: Iterable[List[dict]], fmt: str, out, top_k: int) -> Tuple[int, int]:
+    """Write result rows to `out` as fmt (table | json | jsonl | csv); returns (images, failed).
+    jsonl and csv stream: each batch is written and flushed as soon as the model has classified it; json
+    and the table need every row first."""
+    if fmt not in ("jsonl", "csv"):
+        rows = [r for batch in batches for r in batch]
+        if rows and fmt == "json":
+            out.write(json.dumps(rows, indent=2) + "\n")
+        elif rows:
+            from imgclf.console import print_predictions
+            print_predictions(rows, top_k)
+        return len(rows), sum(r["error"] is not None for r in rows)
+    total = failed = 0
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    writer = csv.writer(out)
+    for rows in batches:
+        if fmt == "jsonl":
+            out.write("".join([encode(r) + "\n" for r in rows]))
+        else:
+            if not total:
+                writer.writerow(CSV_HEADER)
+            writer.writerows([r["path"], r["label"] or "", "" if r["confidence"] is None else r["confidence"],
+                              ";".join(f"{t['label']}:{t['probability']}" for t in r["top_k"]), r["error"] or "",
+                              "true" if r["abstained"] else "false"]
+                             for r in rows)
+        out.flush()
+        total += len(rows)
+        failed += sum(r["error"] is not None for r in rows)
+    return total, failed
+
+
+def nothing_to_classify(images: Sequence[str]) -> DataError:
+    """The error for inputs that held no image at all (a folder without images, an empty stdin)."""
+    from imgclf.config import IMAGE_EXTENSIONS
+
+    folders = [i for i in images if i != "-"]
+    reasons = [f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(folders)}"] if folders else []
+    reasons += ["no paths on stdin"] if "-" in images else []
+    return DataError("nothing to classify: " + "; ".join(reasons))
+
+
+def predict_to(out, images: Sequence[str], clf: Classifier, fmt: str, top_k: int = PREDICT_TOP_K,
+               batch_size: int = PREDICT_BATCH_SIZE, min_confidence: Optional[float] = None) -> int:
+    """`imgclf predict`: classify IMAGES (files, folders, '-' for stdin) and write one row per image to
+    `out`; below `min_confidence` a row abstains (label None, not a failure). Returns how many images
+    could not be classified; DataError when there was nothing to classify."""
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    check_predict_args(top_k, batch_size)
+    check_probability("min-confidence", min_confidence)
+    batches = predict_batches(clf, expand_inputs(images), top_k, batch_size, min_confidence=min_confidence)
+    total, failed = write_predictions(batches, fmt, out, min(top_k, len(clf.class_names)))
+    if not total:
+        raise nothing_to_classify(images)
+    return failed
 
 
 class _Failure:
@@ -126,10 +212,12 @@ class _Failure:
         self.error = error
 
 
-def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch_size: int = 32,
-                    workers: Optional[int] = None) -> Iterator[List[dict]]:
+def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = PREDICT_TOP_K,
+                    batch_size: int = PREDICT_BATCH_SIZE, workers: Optional[int] = None,
+                    min_confidence: Optional[float] = None) -> Iterator[List[dict]]:
     """Yield lists of result rows (one per path, in input order; an unusable image gets a row with
-    `error` set), a list per model call: a writer can flush once a batch, not once a line.
+    `error` set; one whose top probability is below `min_confidence` abstains), a list per model call:
+    a writer can flush once a batch, not once a line.
 
     Three kinds of work overlap:
     - a reader thread takes paths from `paths` as they come (a slow stdin included), at most
@@ -139,13 +227,17 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
       another thread for the GIL;
     - a model thread runs the classifier (onnxruntime and TensorFlow let go of the GIL while they
       compute) on that batch while the calling thread decodes the next one.
-    When decoding turns out to be slow per image (photos: `pipeline.InOrderMapper`), batches are
+    When decoding turns out to be slow per image (photos: `data.files.InOrderMapper`), batches are
     decoded by `workers` threads instead. The oldest batch is yielded as soon as nothing else can be
     done (no more input waiting), so a path written to an open stdin gets its result without waiting
-    for more input."""
-    top_k = max(1, min(top_k, len(clf.class_names)))
+    for more input.
+
+    One function on purpose (~100 lines): the reader, the decoder and the model thread share the queue,
+    the back-pressure counter and the stop flag, and the order of their hand-offs is the whole design;
+    split into pieces it would read as four functions passing the same five objects around."""
+    check_predict_args(top_k, batch_size)
+    top_k = min(top_k, len(clf.class_names))  # "top 5" of a 3-class model: all 3
     spec = clf.spec
-    batch_size = max(1, int(batch_size))
     incoming: "queue.SimpleQueue" = queue.SimpleQueue()   # paths, then `end` or a _Failure
     end = object()
     stop = threading.Event()
@@ -190,11 +282,13 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = 3, batch
         batch, loaded, good, future = job
         rows: List[Optional[dict]] = [None] * len(batch)
         if future is not None:
-            for i, row in zip(good, _rows([batch[i] for i in good], future.result(), clf.class_names, top_k)):
+            scored = _rows([batch[i] for i in good], future.result(), clf.class_names, top_k, min_confidence)
+            for i, row in zip(good, scored):
                 rows[i] = row
         for i, (p, (_, err)) in enumerate(zip(batch, loaded)):
             if err is not None:
-                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err}
+                rows[i] = {"path": p, "label": None, "confidence": None, "top_k": [], "error": err,
+                           "abstained": False}
         return rows
 
     in_flight: "deque" = deque()  # submitted batches, oldest first

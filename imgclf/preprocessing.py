@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import numpy as np
@@ -29,7 +29,12 @@ from imgclf.errors import ImageError
 Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-RESAMPLE = Image.Resampling.BILINEAR
+#: --resize filters a spec can name (Pillow's); the image is stretched to the size, never cropped
+RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+                    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+                    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+#: what every imgclf model takes; older metadata recorded them as spec fields, and nothing else is honoured
+INPUT_LAYOUT, COLOR_ORDER = "NHWC", "RGB"
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,19 @@ class PreprocessingSpec:
 
     image_size: Tuple[int, int]            # (height, width)
     channels: int                          # 1 (grayscale) or 3 (RGB)
-    resize: str = "bilinear"               # Pillow resample filter; the image is stretched, not cropped
+    resize: str = "bilinear"               # Pillow resample filter (RESAMPLE_FILTERS); stretched, not cropped
     background: Tuple[int, int, int] = BACKGROUND  # transparent pixels are composited on this colour
-    input_range: Tuple[int, int] = (0, 255)  # the model takes raw pixels as float32 ...
-    input_layout: str = "NHWC"             # ... in this layout; scaling happens inside the model
-    color_order: str = field(default="RGB")
+    input_range: Tuple[int, int] = (0, 255)  # the model takes raw RGB pixels as float32, NHWC; it scales itself
     jpeg_draft: bool = True                # JPEGs over 2x the size are first shrunk by the decoder (1/2, 1/4, 1/8)
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing: channels must be 1 or 3, got {self.channels!r}")
+        if self.resize not in RESAMPLE_FILTERS:
+            raise ValueError(f"preprocessing: unknown resize filter {self.resize!r} "
+                             f"(known: {', '.join(RESAMPLE_FILTERS)})")
+        if tuple(self.input_range) != (0, 255):
+            raise ValueError(f"preprocessing: input_range {list(self.input_range)} is not supported (0..255 only)")
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -58,11 +70,14 @@ class PreprocessingSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessingSpec":
+        """The spec saved with a model. Raises ValueError for a value this version cannot honour (so a
+        model is never run with preprocessing other than the one it was trained with)."""
+        for key, only in (("input_layout", INPUT_LAYOUT), ("color_order", COLOR_ORDER)):
+            if d.get(key, only) != only:
+                raise ValueError(f"preprocessing: {key} {d[key]!r} is not supported ({only} only)")
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]),
                    resize=d.get("resize", "bilinear"), background=tuple(d.get("background", BACKGROUND)),
-                   input_range=tuple(d.get("input_range", (0, 255))),
-                   input_layout=d.get("input_layout", "NHWC"), color_order=d.get("color_order", "RGB"),
-                   jpeg_draft=bool(d.get("jpeg_draft", True)))
+                   input_range=tuple(d.get("input_range", (0, 255))), jpeg_draft=bool(d.get("jpeg_draft", True)))
 
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
@@ -146,22 +161,25 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
 
 
 def _decode(path, channels: int, background, size: Optional[Tuple[int, int]] = None,
-            jpeg_draft: bool = False) -> np.ndarray:
+            jpeg_draft: bool = False, resample: str = "bilinear", fit: Optional[int] = None) -> np.ndarray:
     """The one decoder: open by content, first frame, (JPEG draft), EXIF orientation, mode -> `channels`
-    (alpha on `background`), optional resize to `size` = (height, width); uint8 HWC. Raises ImageError."""
+    (alpha on `background`), optional resize to `size` = (height, width) or, with `fit`, a shrink that keeps
+    the aspect ratio until the longer side is at most `fit`; uint8 HWC. Raises ImageError."""
     im = open_image(path)
     try:
         with im:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
-            if size and jpeg_draft and im.format == "JPEG":
+            if (size or fit) and jpeg_draft and im.format == "JPEG":
                 # Let the JPEG decoder scale down by 2/4/8 when the image is much larger than the target.
-                im.draft("L" if channels == 1 else "RGB", (size[1] * 2, size[0] * 2))
+                im.draft("L" if channels == 1 else "RGB", (size[1] * 2, size[0] * 2) if size else (fit * 2,) * 2)
             im.load()
             im = _apply_exif_orientation(im)
             im = _to_mode(im, channels, background)
             if size and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), RESAMPLE)
+                im = im.resize((size[1], size[0]), RESAMPLE_FILTERS[resample])
+            elif fit and max(im.size) > fit:
+                im.thumbnail((fit, fit), Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
@@ -176,7 +194,7 @@ def _decode(path, channels: int, background, size: Optional[Tuple[int, int]] = N
 
 def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
     """Decode one file fully into a uint8 array of `spec.shape`. Raises ImageError(path, reason)."""
-    return _decode(path, spec.channels, spec.background, spec.image_size, spec.jpeg_draft)
+    return _decode(path, spec.channels, spec.background, spec.image_size, spec.jpeg_draft, spec.resize)
 
 
 def peek(path) -> Tuple[int, int, str, str]:
@@ -190,3 +208,13 @@ def load_full(path, channels: int) -> np.ndarray:
     """Decode at the file's own size (for offline augmentation): the same decoder as `load_image`,
     without the resize."""
     return _decode(path, channels, BACKGROUND)
+
+
+def load_thumbnail(path, max_side: int = 96) -> np.ndarray:
+    """A picture of the file for people (the HTML report): the same decoder as `load_image` (EXIF
+    orientation, modes, transparency), shrunk to at most `max_side` px on the longer side with its aspect
+    ratio kept (never enlarged); uint8 HWC with 1 channel when the image is grayscale, else 3."""
+    arr = _decode(path, 3, BACKGROUND, jpeg_draft=True, fit=max_side)
+    if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 1] == arr[:, :, 2]).all():
+        return arr[:, :, :1]
+    return arr

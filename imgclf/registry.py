@@ -1,6 +1,6 @@
 """The model registry on disk.
 
-    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, [model.onnx], [evaluation/]
+    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, curves.png, [model.onnx], [evaluation/]
     ROOT/NAME/tags.json  {"alias": VERSION}
     ROOT/.staging/RUN/   a training run in progress (checkpoints; resumable); never listed as a model
     ROOT/NAME/.last_version  the last number handed out: numbers are never reused
@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from imgclf.errors import ModelNotFound, UsageError
+from imgclf.errors import ModelError, ModelNotFound, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 METADATA = "metadata.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 HISTORY = "history.csv"
+CURVES = "curves.png"  # drawn from history.csv at the end of training
 STAGING = ".staging"
 
 
@@ -126,6 +127,29 @@ class ModelRef:
     def onnx_path(self) -> Path:
         return self.onnx_only or self.path / ONNX_FILE
 
+    @property
+    def spec(self):
+        """The preprocessing the model was trained with (a PreprocessingSpec); ModelError when this version
+        of imgclf cannot honour it."""
+        from imgclf.preprocessing import PreprocessingSpec
+
+        try:
+            return PreprocessingSpec.from_dict(self.metadata["preprocessing"])
+        except (KeyError, TypeError, ValueError) as e:
+            where = self.onnx_only or self.path / METADATA
+            raise ModelError(f"{where}: unusable preprocessing spec ({e})") from None
+
+
+def summary(ref: ModelRef) -> dict:
+    """One row of `imgclf models list`. accuracy: the last `imgclf evaluate`, else test, else val accuracy
+    from training."""
+    md = ref.metadata
+    metrics = md.get("metrics", {})
+    acc = md.get("evaluation", {}).get("accuracy", metrics.get("test_accuracy", metrics.get("val_accuracy")))
+    return {"name": md.get("name"), "version": md.get("version"), "arch": md.get("arch"),
+            "classes": len(md.get("class_names", [])), "accuracy": acc, "onnx": ref.onnx_path.is_file(),
+            "created": md.get("created"), "path": str(ref.path)}
+
 
 def _versions(root: Path, name: str) -> List[int]:
     d = root / name
@@ -189,7 +213,8 @@ def _load_ref(folder: Path) -> ModelRef:
     return ModelRef(folder, meta)
 
 
-def _tags(root: Path, name: str) -> Dict[str, int]:
+def tags(root: Path, name: str) -> Dict[str, int]:
+    """TAG -> version of model NAME (empty when it has none or the file is unreadable)."""
     p = root / name / "tags.json"
     try:
         return read_json(p) if p.is_file() else {}
@@ -218,7 +243,7 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
         if (p.parent / METADATA).is_file():
             return _load_ref(p.parent)
         if p.suffix == ".onnx":
-            from imgclf.export import read_onnx_metadata
+            from imgclf.onnx_meta import read_onnx_metadata
             return ModelRef(p.parent, read_onnx_metadata(p), onnx_only=p)
         raise ModelNotFound(f"{ref}: no {METADATA} beside this file; not an imgclf model")
     if ref == "latest":
@@ -241,9 +266,9 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
             raise ModelNotFound(f"model {name} has no version {version} (versions: "
                                 f"{', '.join(map(str, versions))})")
         return _load_ref(root / name / version)
-    tags = _tags(root, name)
-    if version in tags and int(tags[version]) in versions:
-        return _load_ref(root / name / str(tags[version]))
+    aliases = tags(root, name)
+    if version in aliases and int(aliases[version]) in versions:
+        return _load_ref(root / name / str(aliases[version]))
     raise ModelNotFound(f"model {name} has no version or tag {version!r}")
 
 
@@ -289,9 +314,9 @@ def remove(registry, ref: str) -> Path:
         except (OSError, ValueError):
             last = 0
         counter.write_text(str(max(last, version)))
-        tags = _tags(root, name)
-        if any(int(v) == version for v in tags.values()):
-            write_json_atomic(root / name / "tags.json", {k: v for k, v in tags.items() if int(v) != version})
+        aliases = tags(root, name)
+        if any(int(v) == version for v in aliases.values()):
+            write_json_atomic(root / name / "tags.json", {k: v for k, v in aliases.items() if int(v) != version})
         trash = root / STAGING / f".rm-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(target, trash)  # atomic: gone from listings at once
@@ -299,19 +324,34 @@ def remove(registry, ref: str) -> Path:
     return target
 
 
-def set_tag(registry, ref: str, alias: str) -> ModelRef:
+def check_tag(alias: str) -> str:
     check_name(alias, "tag")
     if alias.isdigit() or alias == "latest":
         raise UsageError(f"invalid tag {alias!r}: a tag cannot be a number or 'latest'")
+    return alias
+
+
+_ANY = object()
+
+
+def set_tag(registry, ref: str, alias: str, expect_version=_ANY) -> ModelRef:
+    """Point NAME:ALIAS at the version `ref`. With `expect_version` (a version number, or None for "no
+    version"), only if the tag is still held by that version (checked under the lock: a gate's decision
+    is never applied to a tag that moved meanwhile)."""
+    check_tag(alias)
     model = resolve(registry, ref)
     if model.onnx_only:
         raise UsageError(f"{ref}: only registry models can be tagged")
     root = root_of(registry)
     name = model.metadata["name"]
     with Lock(root):
-        tags = _tags(root, name)
-        tags[alias] = int(model.metadata["version"])
-        write_json_atomic(root / name / "tags.json", tags)
+        aliases = tags(root, name)
+        if expect_version is not _ANY and aliases.get(alias) != expect_version:
+            from imgclf.errors import ImgclfError
+            raise ImgclfError(f"{name}:{alias} moved to version {aliases.get(alias)} meanwhile; not changed "
+                              "(run the command again)")
+        aliases[alias] = int(model.metadata["version"])
+        write_json_atomic(root / name / "tags.json", aliases)
     return model
 
 

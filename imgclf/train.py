@@ -157,8 +157,13 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
         run.abandon(exc, registry_dir)
 
     metrics = final_metrics(model, run.history(), decoded, cfg.batch_size)
+    from imgclf.calibration import calibrate_keras_model
+    calibration = calibrate_keras_model(model, decoded.get("val"), cfg.calibrate, cfg.batch_size, reporter)
     model.save(run.staging / registry.KERAS_FILE)
+    from imgclf.plots import curves_png
+    curves_png(run.staging / registry.CURVES, run.history(), title=f"{cfg.name}: loss and accuracy per epoch")
     metadata = build_metadata(data, cfg, spec, splits, decoded, weights, metrics)
+    metadata["calibration"] = calibration
     version, final = run.commit(cfg.name, metadata)
     metadata.update(version=version, path=str(final))
     return metadata

@@ -183,3 +183,58 @@ def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------- a model that makes mistakes (calibration, compare)
+
+
+@pytest.fixture(scope="session")
+def hard_data(tmp_path_factory) -> Path:
+    """A split root of three overlapping colour classes (close base colours, wide noise), 8x8 RGB:
+    train 60, val 40, test 40 per class. A small model gets about two thirds of them right."""
+    root = tmp_path_factory.mktemp("hard") / "hard"
+    rng = np.random.default_rng(5)
+    bases = {"a": (120, 110, 110), "b": (110, 120, 110), "c": (110, 110, 120)}
+    for split, n in (("train", 60), ("val", 40), ("test", 40)):
+        for cls, base in bases.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for k in range(n):
+                noisy("RGB", (8, 8), base, rng, spread=60).save(d / f"{k:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def hard_trained(tmp_path_factory, hard_data) -> Trained:
+    """mlp trained on `hard_data` for 20 epochs, not calibrated (T = 1): the base of the calibration and
+    comparison tests, which derive their models from it with `derived_model`."""
+    registry = tmp_path_factory.mktemp("registry-hard")
+    r = cli("train", hard_data, "--registry", registry, "--arch", "mlp", "--epochs", 20, "--patience", 0,
+            "--name", "hard", "--calibrate", "none", "--format", "json")
+    assert r.exit_code == 0, r.output
+    return Trained(registry, hard_data, "hard", Path(json.loads(r.stdout)["path"]))
+
+
+def derived_model(base: Trained, registry: Path, version: int, change_output_layer) -> Path:
+    """A copy of `base` as NAME/VERSION in `registry`, its final layer's (kernel, bias) replaced by
+    change_output_layer(kernel, bias); no ONNX export, no evaluation. Returns the version folder."""
+    import keras
+
+    dest = registry / base.name / str(version)
+    shutil.copytree(base.path, dest)
+    for leftover in ("model.onnx", "evaluation", "compare"):
+        p = dest / leftover
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    model = keras.models.load_model(dest / "model.keras", compile=False)
+    layer = model.get_layer("probabilities")
+    layer.set_weights(list(change_output_layer(*layer.get_weights())))
+    model.save(dest / "model.keras")
+    meta = json.loads((dest / "metadata.json").read_text())
+    meta.update(version=version, created=f"{meta['created']}-{version}")
+    meta.pop("onnx", None)
+    meta.pop("evaluation", None)
+    (dest / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return dest

@@ -91,7 +91,8 @@ def test_evaluate_default_out_is_the_model_folder_and_table_output(registry_copy
     assert "accuracy" in r.stdout and "confusion matrix" in r.stdout and "blue" in r.stdout
     folder = registry_copy / "colours" / "1" / "evaluation"
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png",
-                                                  "misclassified.csv", "misclassified.png"}
+                                                  "misclassified.csv", "misclassified.png", "reliability.png",
+                                                  "risk_coverage.png", "report.html"}
     meta = json.loads((registry_copy / "colours" / "1" / "metadata.json").read_text())
     assert meta["evaluation"]["images"] == 18
 

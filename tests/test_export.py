@@ -89,11 +89,15 @@ def test_export_out_file_refuses_to_overwrite_without_force(exported, tmp_path):
 
 @pytest.mark.parametrize("args, word", [
     (["nope"], "unknown model"),
-    (["colours", "--format", "tflite"], "--format"),
     (["colours", "--opset", "3"], "--opset"),
 ])
 def test_export_errors(exported, args, word):
     assert word in error_line(cli("export", *args, "--registry", exported.registry))
+
+
+def test_export_format_is_a_choice(exported):
+    r = cli("export", "colours", "--format", "tflite", "--registry", exported.registry)
+    assert r.exit_code == 2 and "Invalid value for '--format'" in r.stderr and "'onnx'" in r.stderr, r.stderr
 
 
 def test_mixed_precision_model_exports_float32_and_agrees(tmp_path, colour_data):

@@ -96,7 +96,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
 def test_decoding_in_threads_gives_the_same_pixels_problems_and_progress(tmp_path, monkeypatch):
     """Small images are decoded in one thread, slow ones in several (PARALLEL_DECODE_MIN_S): both ways give
     the same rows, the same problems in place, and progress up to the total."""
-    import imgclf.data.pipeline as PL
+    import imgclf.data.files as PL
 
     root = tmp_path / "data"
     root.mkdir()
@@ -124,7 +124,7 @@ def test_decoding_in_threads_gives_the_same_pixels_problems_and_progress(tmp_pat
 def test_map_in_order_keeps_the_order_in_one_thread_and_in_several(monkeypatch):
     import threading
 
-    import imgclf.data.pipeline as PL
+    import imgclf.data.files as PL
 
     items = list(range(200))
     for threshold, many_threads in ((float("inf"), False), (0.0, True)):

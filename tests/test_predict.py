@@ -61,13 +61,13 @@ def test_predict_csv(trained, images):
     r = predict(trained.registry, "--format", "csv", "--top-k", 2, *[p for p, _ in items])
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert list(rows[0]) == ["path", "label", "confidence", "top_k", "error"]
+    assert list(rows[0]) == ["path", "label", "confidence", "top_k", "error", "abstained"]
     assert [(row["path"], row["label"]) for row in rows] == items
     for row in rows:
         pairs = row["top_k"].split(";")
         assert len(pairs) == 2 and pairs[0].split(":")[0] == row["label"]
         assert float(row["confidence"]) == pytest.approx(float(pairs[0].split(":")[1]))
-        assert row["error"] == ""
+        assert row["error"] == "" and row["abstained"] == "false"
 
 
 def test_predict_table(trained, images):

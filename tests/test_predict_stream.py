@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-import imgclf.data.pipeline as PL
+import imgclf.data.files as PL
 import imgclf.predict as P
 from conftest import COLOURS, child_env, noisy
 from imgclf.preprocessing import PreprocessingSpec

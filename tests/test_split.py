@@ -127,8 +127,13 @@ def test_modes_leave_src_untouched(src, tmp_path, mode):
 
 
 def test_unknown_mode_is_refused(src, tmp_path):
-    line = error_line(cli("split", src, tmp_path / "out", "--mode", "move"))
-    assert "--mode" in line and "move" in line
+    r = cli("split", src, tmp_path / "out", "--mode", "move")
+    assert r.exit_code == 2 and "Invalid value for '--mode'" in r.stderr and "'move' is not one of" in r.stderr
+    assert not (tmp_path / "out").exists()
+    from imgclf.data.split import split_dataset
+    from imgclf.errors import UsageError
+    with pytest.raises(UsageError, match="--mode must be one of copy, symlink, hardlink, got 'move'"):
+        split_dataset(src, tmp_path / "out", mode="move")
 
 
 def test_small_classes_still_get_a_val_and_a_test_image(tmp_path):

@@ -92,7 +92,6 @@ def test_train_second_run_gets_version_two(tmp_path, gray_data):
     ("empty", [], ["no class folders"]),
     ("one class", [], ["only one class"]),
     ("all images broken", [], ["no usable images"]),
-    ("unknown arch", ["--arch", "resnet9000"], ["resnet9000", "cnn", "mlp"]),
     ("bad name", ["--name", "../x"], ["../x", "invalid model name"]),
     ("absolute name", ["--name", "/etc/x"], ["invalid model name"]),
     ("bad epochs", ["--epochs", "0"], ["--epochs"]),

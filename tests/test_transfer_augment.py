@@ -132,11 +132,16 @@ def test_online_augmentation_is_seeded():
 
 def test_flip_none_overrides_the_policy_and_bad_values_are_refused(tmp_path):
     from imgclf.config import AugmentConfig
+    from imgclf.errors import UsageError
     assert AugmentConfig.from_options("heavy", flip="none").flip == "none"
-    r = cli("train", tmp_path, "--augment", "extreme")
-    assert "--augment must be one of none, light, medium, heavy" in error_line(r)
-    r = cli("train", tmp_path, "--flip", "sideways")
-    assert "--flip must be one of" in error_line(r)
+    for option, value in (("--augment", "extreme"), ("--flip", "sideways")):
+        r = cli("train", tmp_path, option, value)
+        assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr, r.stderr
+    # the library names the option the user typed
+    with pytest.raises(UsageError, match="--policy must be one of none, light, medium, heavy, got 'extreme'"):
+        AugmentConfig.from_options("extreme", option="--policy")
+    with pytest.raises(UsageError, match="--flip must be one of"):
+        AugmentConfig.from_options("none", flip="sideways")
 
 
 def test_online_augmentation_never_touches_val_or_the_saved_model(tmp_path, colour_split):

@@ -50,7 +50,7 @@ def register_architecture(name: str, default_size: Optional[int] = None, allowed
 
 def _load_all():
     # the builder modules import keras lazily, inside the builders
-    from imgclf.architectures import cnn, mobilenet  # noqa: F401
+    from imgclf.architectures import cnn, mobilenet  # noqa: F401 (importing registers them)
 
 
 def names() -> List[str]:

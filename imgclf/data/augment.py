@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from imgclf.config import AugmentConfig
+from imgclf.config import DEFAULT_SEED, SPLIT_MODES, AugmentConfig
 from imgclf.errors import DataError, ImageError, UsageError
 
 
@@ -108,15 +108,13 @@ def _output_name(src_file: Path, k: int) -> str:
 
 
 def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = None,
-                   target_per_class: Optional[int] = None, seed: int = 42, mode: str = "copy",
+                   target_per_class: Optional[int] = None, seed: int = DEFAULT_SEED, mode: str = "copy",
                    force: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> Dict:
     """Write augmented copies of a class-folder tree (or of train/ of a split root) to DEST.
 
     `per_image` N: N new images per original. `target_per_class` N: top each class up to N images.
     Originals are copied (or linked) too, so DEST is a complete training set."""
     from imgclf.data.scan import find_split_dirs, require_trainable, scan
-    from imgclf.data.split import place_file
-    from imgclf.preprocessing import is_grayscale_mode, load_full
 
     src, dest = Path(src), Path(dest)
     if (per_image is None) == (target_per_class is None):
@@ -126,8 +124,8 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
     if not cfg.active:
         raise UsageError("no augmentation operation chosen: give --policy light|medium|heavy or an op "
                          "such as --rotate 15")
-    if mode not in ("copy", "symlink", "hardlink"):
-        raise UsageError(f"--mode must be copy, symlink or hardlink, got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
     if not src.is_dir():
         raise DataError(f"{src}: folder not found")
     splits = find_split_dirs(src)
@@ -137,42 +135,62 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
     ds = scan(tree, deep=True)
     require_trainable(ds)
     aug = build_augmenter(cfg, seed)
-    rng = np.random.default_rng(seed)
-
-    by_class: Dict[int, List] = {}
-    for s in ds.samples:
-        by_class.setdefault(s.label, []).append(s)
-    plan = []  # (sample, k)
-    for label, samples in sorted(by_class.items()):
-        samples = sorted(samples, key=lambda s: s.path)
-        if per_image is not None:
-            plan += [(s, k) for s in samples for k in range(1, per_image + 1)]
-        else:
-            missing = max(0, target_per_class - len(samples))
-            picks = rng.integers(0, len(samples), size=missing)
-            seen: Dict[str, int] = {}
-            for i in picks:
-                s = samples[int(i)]
-                seen[s.path] = seen.get(s.path, 0) + 1
-                plan.append((s, seen[s.path]))
+    plan = _plan(ds, per_image, target_per_class, np.random.default_rng(seed))
 
     out_root = dest / "train" if splits else dest
-    written, originals, failed = 0, 0, []
-    written_per_class: Dict[int, int] = {}
-    for s in ds.samples:
-        cls = ds.class_names[s.label]
-        rel = Path(os.path.relpath(s.path, tree / cls))
-        target = out_root / cls / rel
-        if target.exists() or target.is_symlink():
-            target.unlink()
-        place_file(s.path, target, mode)
-        originals += 1
+    originals = _place_originals(ds, tree, out_root, mode)
     if splits:  # val/ and test/ are copied untouched: never augmented
         for name in ("val", "test"):
             if name in splits:
                 shutil.copytree(splits[name], dest / name, dirs_exist_ok=True, symlinks=True)
+    written, failed = _write_augmented(plan, ds, tree, out_root, aug, progress)
+    per_class = ds.counts()
+    for label, n in written.items():
+        per_class[ds.class_names[label]] += n
+    return {"dest": str(dest), "originals": originals, "augmented": sum(written.values()),
+            "problems": ds.problems + failed, "per_class": per_class}
 
+
+def _plan(ds, per_image: Optional[int], target_per_class: Optional[int], rng) -> List[Tuple[object, int]]:
+    """(sample, k) for every augmented file to write: k numbers the copies of one original."""
+    by_class: Dict[int, List] = {}
+    for s in ds.samples:
+        by_class.setdefault(s.label, []).append(s)
+    plan = []
+    for label, samples in sorted(by_class.items()):
+        samples = sorted(samples, key=lambda s: s.path)
+        if per_image is not None:
+            plan += [(s, k) for s in samples for k in range(1, per_image + 1)]
+            continue
+        seen: Dict[str, int] = {}
+        for i in rng.integers(0, len(samples), size=max(0, target_per_class - len(samples))):
+            s = samples[int(i)]
+            seen[s.path] = seen.get(s.path, 0) + 1
+            plan.append((s, seen[s.path]))
+    return plan
+
+
+def _place_originals(ds, tree: Path, out_root: Path, mode: str) -> int:
+    from imgclf.data.split import place_file
+
+    for s in ds.samples:
+        cls = ds.class_names[s.label]
+        target = out_root / cls / Path(os.path.relpath(s.path, tree / cls))
+        if target.exists() or target.is_symlink():  # DEST was given with --force
+            target.unlink()
+        place_file(s.path, target, mode)
+    return len(ds.samples)
+
+
+def _write_augmented(plan, ds, tree: Path, out_root: Path, aug, progress) -> Tuple[Dict[int, int], List[ImageError]]:
+    """Decode, augment and save each planned copy next to where its original went. Returns (files written per
+    class label, images that could not be decoded)."""
     from PIL import Image
+
+    from imgclf.preprocessing import is_grayscale_mode, load_full
+
+    written: Dict[int, int] = {}
+    failed: List[ImageError] = []
     for n, (s, k) in enumerate(plan):
         cls = ds.class_names[s.label]
         rel = Path(os.path.relpath(s.path, tree / cls))
@@ -192,12 +210,8 @@ def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = Non
         elif fmt_ext in (".png", ".bmp", ".tif", ".tiff", ".webp"):
             img.save(target)
         else:  # gif and others: keep the colours exact
-            target = target.with_suffix(".png")
-            img.save(target)
-        written += 1
-        written_per_class[s.label] = written_per_class.get(s.label, 0) + 1
+            img.save(target.with_suffix(".png"))
+        written[s.label] = written.get(s.label, 0) + 1
         if progress:
             progress(n + 1, len(plan))
-    return {"dest": str(dest), "originals": originals, "augmented": written,
-            "problems": [(p.path, p.reason) for p in ds.problems] + [(e.path, e.reason) for e in failed],
-            "per_class": {ds.class_names[l]: len(v) + written_per_class.get(l, 0) for l, v in by_class.items()}}
+    return written, failed

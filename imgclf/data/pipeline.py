@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from imgclf.data.files import default_workers, file_digest, map_in_order
 from imgclf.errors import ImageError
 from imgclf.preprocessing import PreprocessingSpec, load_image
 
@@ -36,86 +35,12 @@ class Decoded:
     from_cache: bool = False
 
 
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
-#: Mean decoding time per image from which images are decoded by several threads (training's decode and
-#: `imgclf predict`). Pillow lets go of the GIL while it decodes and resizes, but opening a file and
-#: setting up the decoder is Python: with small images (a 28x28 PNG: ~0.1 ms, nearly all Python) two
-#: decoding threads only fight over the GIL (on 2 cores 1.7x the time and twice the CPU of one); with
-#: photos (1600x1200 JPEGs to 224x224: ~14 ms, mostly in C) two threads take 0.65x the time of one.
-PARALLEL_DECODE_MIN_S = 0.001
-#: items per task when cheap, and how many are timed first
-DECODE_STEP = 32
-#: longest time spent timing the first items; the work per task when items are slow
-PROBE_S = 0.05
-TASK_S = 0.02
-
-
-class InOrderMapper:
-    """Calls fn over items, in order, in the calling thread while each call is cheap, in threads once a
-    call is slow: the first calls are timed (up to DECODE_STEP items or PROBE_S seconds) and, when one
-    takes PARALLEL_DECODE_MIN_S or more (photos, big files, a slow or network disk), the rest goes to
-    `workers` threads in tasks of about TASK_S seconds, and so does every later call on this mapper.
-    Use it as a context manager, or close() it."""
-
-    def __init__(self, workers: Optional[int] = None):
-        self.workers = workers or default_workers()
-        self.pool: Optional[ThreadPoolExecutor] = None
-        self.step = DECODE_STEP
-
-    def __call__(self, fn: Callable, items: Sequence, progress: Optional[Callable[[int], None]] = None) -> list:
-        n = len(items)
-        out: list = []
-        if self.pool is None:
-            t0 = time.perf_counter()
-            while len(out) < min(n, DECODE_STEP) and (not out or time.perf_counter() - t0 < PROBE_S):
-                out.append(fn(items[len(out)]))
-            per_item = (time.perf_counter() - t0) / max(1, len(out))
-            if progress and out:
-                progress(len(out))
-            if self.workers > 1 and len(out) < n and per_item >= PARALLEL_DECODE_MIN_S:
-                self.step = max(1, min(DECODE_STEP, int(TASK_S / per_item)))
-                self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgclf-decode")
-
-        def task(run):
-            return [fn(x) for x in run]
-
-        runs = [items[i:i + self.step] for i in range(len(out), n, self.step)]
-        for run in (self.pool.map(task, runs) if self.pool else map(task, runs)):
-            out.extend(run)
-            if progress:
-                progress(len(out))
-        return out
-
-    def close(self, wait: bool = True) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=wait, cancel_futures=True)
-
-    def __enter__(self) -> "InOrderMapper":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def map_in_order(fn: Callable, items: Sequence, workers: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> list:
-    """[fn(x) for x in items], in order: in this thread while each call is cheap, in `workers` threads
-    when calls are slow (InOrderMapper). `progress(done)` is called as items are done."""
-    with InOrderMapper(workers) as mapper:
-        return mapper(fn, items, progress)
-
-
 def cache_key(paths: Sequence[str], spec: PreprocessingSpec, workers: Optional[int] = None) -> str:
     """The pixel cache's key: the preprocessing spec and the CONTENT of every file, in order.
 
     Editing, replacing or re-exporting an image changes the key even when its size and mtime do not; a
     `touch`, a copy or a moved data folder does not. Hashing reads each file once (blake2b; in threads
     when the files are big): for small images a fraction of decoding them (bench/train_pipeline.py, warm cache)."""
-    from imgclf.data.scan import file_digest
-
     def digest(p):
         try:
             return file_digest(p)
@@ -225,18 +150,9 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     cache = Path(cache_dir)
     key = cache_key(paths, spec, workers)
     data_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
-    if data_file.exists() and index_file.exists():
-        try:
-            index = json.loads(index_file.read_text())
-            keep = np.asarray(index["ok"], dtype=bool)
-            mapped = np.load(data_file, mmap_mode="r")
-            if len(keep) == len(paths) and mapped.shape == (int(keep.sum()),) + spec.shape:
-                # problems by position: the same content may sit under other paths now
-                problems = [ImageError(paths[i], r) for i, r in index["problems"]]
-                # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
-                return result(np.load(data_file) if fits else mapped, keep, problems, from_cache=True)
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            pass  # a damaged cache entry is rebuilt below
+    cached = _read_cache(data_file, index_file, paths, spec, fits)
+    if cached is not None:
+        return result(*cached, from_cache=True)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.tmp.npy"
     try:
@@ -256,12 +172,30 @@ def decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec,
     finally:
         if tmp.exists():
             tmp.unlink()
-    problems = [e for e in errors if e is not None]
     tmp_index = index_file.with_name(f".{index_file.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_index.write_text(json.dumps({"ok": keep.tolist(), "spec": spec.to_dict(),
                                      "problems": [[i, e.reason] for i, e in enumerate(errors) if e is not None]}))
     os.replace(tmp_index, index_file)
-    return result(np.load(data_file, mmap_mode="r") if pixels is None else pixels, keep, problems)
+    return result(np.load(data_file, mmap_mode="r") if pixels is None else pixels, keep,
+                  [e for e in errors if e is not None])
+
+
+def _read_cache(data_file: Path, index_file: Path, paths: List[str], spec: PreprocessingSpec, fits: bool):
+    """(pixels, keep mask, problems) from a cache entry that matches, else None (a damaged entry is
+    rebuilt by the caller). Problems are stored by position: the same content may sit under other paths now."""
+    if not (data_file.exists() and index_file.exists()):
+        return None
+    try:
+        index = json.loads(index_file.read_text())
+        keep = np.asarray(index["ok"], dtype=bool)
+        mapped = np.load(data_file, mmap_mode="r")
+        if len(keep) != len(paths) or mapped.shape != (int(keep.sum()),) + spec.shape:
+            return None
+        problems = [ImageError(paths[i], r) for i, r in index["problems"]]
+        # in budget: one plain read into RAM (copying from the map would also leave its pages mapped)
+        return (np.load(data_file) if fits else mapped), keep, problems
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _row_reader(pixels: np.memmap):

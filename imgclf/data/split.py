@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from imgclf.config import DEFAULT_SEED, SPLIT_MODES, SPLIT_TEST, SPLIT_VAL
 from imgclf.data.scan import Dataset, find_split_dirs, require_trainable, scan
 from imgclf.errors import DataError, UsageError
 
-MODES = ("copy", "symlink", "hardlink")
 MANIFEST = "split_manifest.csv"
 
 
@@ -111,11 +111,14 @@ def place_file(src: str, dst: Path, mode: str) -> None:
         os.link(os.path.realpath(src), dst)
 
 
-def split_dataset(src, dest, val: float = 0.1, test: float = 0.1, seed: int = 42, mode: str = "copy",
+# split_dataset (~60 lines) is kept whole: its checks, then one staging folder filled and swapped in; the
+# try/finally that guarantees "a crash leaves DEST as it was" has to see all of it.
+def split_dataset(src, dest, val: float = SPLIT_VAL, test: float = SPLIT_TEST, seed: int = DEFAULT_SEED,
+                  mode: str = "copy",
                   force: bool = False, progress: Optional[Callable[[int], None]] = None) -> SplitResult:
     src, dest = Path(src), Path(dest)
-    if mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
     for name, v in (("val", val), ("test", test)):
         if not 0 <= v < 1:
             raise UsageError(f"--{name} must be between 0 and 1, got {v}")
