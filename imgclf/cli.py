@@ -204,15 +204,20 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                      "images of 64 px or more, or when --weights is given; else "
                                                      "cnn (it says which, and why)."),
           epochs: Optional[int] = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop "
-                                                                  "sooner); pretrained: head epochs (default: 15 "
-                                                                  "from scratch, 6 pretrained)."),
+                                                                  "sooner); pretrained: head epochs (default: "
+                                                                  f"{C.SCRATCH_DEFAULTS['epochs']} from scratch, "
+                                                                  f"{C.PRETRAINED_DEFAULTS['epochs']} pretrained)."),
           batch_size: int = typer.Option(TRAIN.batch_size, help="Images per batch."),
           image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
-                                                                         "data for cnn/mlp, 160 for pretrained "
-                                                                         "MobileNet, 224 with --weights none)."),
+                                                                         "data for cnn/mlp, "
+                                                                         f"{C.PRETRAINED_DEFAULTS['image_size']} "
+                                                                         "for pretrained MobileNet, 224 with "
+                                                                         "--weights none)."),
           channels: Optional[int] = typer.Option(TRAIN.channels, help="1 or 3 (default: 1 when every image is "
                                                                      "grayscale)."),
-          lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default 0.001)."),
+          lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default: "
+                                                         f"{C.SCRATCH_DEFAULTS['lr']:g} from scratch, "
+                                                         f"{C.PRETRAINED_DEFAULTS['lr']:g} pretrained)."),
           name: Optional[str] = typer.Option(TRAIN.name, help="Registry name (default: the data folder's name)."),
           seed: int = typer.Option(TRAIN.seed, help="Random seed."),
           val_split: float = typer.Option(TRAIN.val_split, help="Held out of the training images when there is "
@@ -226,14 +231,16 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           fine_tune_epochs: Optional[int] = typer.Option(TRAIN.fine_tune_epochs, help="Pretrained MobileNet: "
                                                                                       "epochs of phase 2 (top of "
                                                                                       "the backbone unfrozen, "
-                                                                                      "lr/10; default 4)."),
+                                                                                      f"lr/10; default {C.PRETRAINED_DEFAULTS['fine_tune_epochs']})."),
           fine_tune_layers: float = typer.Option(TRAIN.fine_tune_layers, help="MobileNet phase 2: backbone "
                                                                               "layers to unfreeze (N, or a "
                                                                               "fraction < 1)."),
           augment: Optional[Policy] = typer.Option(TRAIN.augment_policy, help="Online augmentation policy (the "
                                                                               "options below override it; "
-                                                                              "default: none from scratch, "
-                                                                              "light pretrained)."),
+                                                                              f"default: {C.SCRATCH_DEFAULTS['augment_policy']} "
+                                                                              "from scratch, "
+                                                                              f"{C.PRETRAINED_DEFAULTS['augment_policy']}"
+                                                                              " pretrained)."),
           flip: Optional[Flip] = typer.Option(None, help="Mirroring (use none for digits and text)."),
           rotate: Optional[float] = typer.Option(None, help="Max rotation, degrees."),
           shift: Optional[float] = typer.Option(None, help="Max shift, fraction."),
