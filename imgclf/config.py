@@ -39,7 +39,7 @@ AUTO_PRETRAINED_MIN_SIZE = 64
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
 #: (measured in docs/benchmarks.md, "Better models by default")
 SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="none")
-PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="light", image_size=160)
+PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160)
 
 # The fixed choices of options (the CLI offers exactly these; the library checks them too)
 SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the original files
