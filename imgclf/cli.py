@@ -18,6 +18,7 @@ import typer
 
 from imgclf import config as C
 from imgclf.architectures import names as architecture_names
+from imgclf.distribute import DEFAULT_CLUSTER_TIMEOUT, MODES as DISTRIBUTE_MODES  # no TensorFlow
 from imgclf.errors import ImgclfError
 
 TRAIN = C.TrainConfig()  # the defaults of `imgclf train`
@@ -31,6 +32,9 @@ ClassWeight = Literal[C.CLASS_WEIGHTS]
 Calibrate = Literal[C.CALIBRATION_METHODS]
 OutFormat = Literal[C.OUTPUT_FORMATS]
 TableOrJson = Literal["table", "json"]
+Quantize = Literal[C.QUANTIZE_MODES]
+Precision = Literal[C.PRECISIONS]
+Distribute = Literal[DISTRIBUTE_MODES]
 
 app = typer.Typer(
     name="imgclf", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -254,6 +258,12 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                     "val split (see `evaluate`)."),
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
+          distribute: Distribute = typer.Option(
+              "auto", "--distribute", help="auto: mirrored with several GPUs, multi-worker when TF_CONFIG "
+              "names several workers, else none. See docs/distributed.md."),
+          cluster_timeout: int = typer.Option(DEFAULT_CLUSTER_TIMEOUT, "--cluster-timeout", metavar="SECONDS",
+                                              help="Multi-worker: fail when a worker has not joined, or has "
+                                                   "stopped responding, for this long."),
           registry: Optional[Path] = RegistryOpt,
           format: TableOrJson = typer.Option("table", "--format"),
           quiet: bool = QuietOpt):
@@ -272,10 +282,15 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                         alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                         class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
                         mixed_precision=mixed_precision, calibrate=calibrate)
-    meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume)
+    meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume,
+                     distribute_mode=distribute, cluster_timeout=cluster_timeout)
+    if meta["path"] is None:  # a worker other than the chief: the chief saved the model
+        _reporter(quiet).info("training done; the chief (worker 0) saved the model to the registry")
     if format == "json":
         _print_json({"name": meta["name"], "version": meta["version"], "path": meta["path"],
                      "metrics": meta["metrics"]})
+        return
+    if meta["path"] is None:
         return
     from imgclf.console import print_table
     rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in meta["metrics"].items()]
@@ -339,6 +354,8 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
             format: Optional[OutFormat] = typer.Option(None, "--format", help="Default: table on a terminal, "
                                                                               "else jsonl."),
             backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+            precision: Precision = typer.Option(C.PREDICT_PRECISION, help="int8: the model's model.int8.onnx "
+                                                                         "(from `imgclf export --quantize int8`)."),
             batch_size: int = typer.Option(C.PREDICT_BATCH_SIZE, help="Images per batch."),
             min_confidence: Optional[float] = typer.Option(None, metavar="P", help="Abstain below this top "
                                                            "probability: label null (uncertain in the table), "
@@ -352,7 +369,7 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
     check_predict_args(top_k, batch_size)  # before loading a model
     check_probability("min-confidence", min_confidence)
     fmt = format or ("table" if sys.stdout.isatty() else "jsonl")
-    failed = predict_to(sys.stdout, images, load_classifier(reg.resolve(registry, model), backend), fmt,
+    failed = predict_to(sys.stdout, images, load_classifier(reg.resolve(registry, model), backend, precision), fmt,
                         top_k=top_k, batch_size=batch_size, min_confidence=min_confidence)
     if failed:
         from imgclf.console import error
@@ -393,19 +410,49 @@ def compare(model_a: str = ModelArg(help="Model A (e.g. the one in production)."
 @handle_errors
 def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, latest, or a model folder."),
            format: Literal["onnx"] = typer.Option("onnx", "--format", help="Export format."),
-           out: Optional[Path] = typer.Option(None, help="Also write the .onnx file here."),
+           out: Optional[Path] = typer.Option(None, help="Also write the .onnx file here (with --quantize: the "
+                                                         "int8 file)."),
            opset: int = typer.Option(C.EXPORT_OPSET, help="ONNX opset."),
            check: Optional[List[Path]] = typer.Option(None, help="An image for the Keras/ONNX parity check "
                                                                  "(repeat for more; default: the model's own "
-                                                                 "sample images)."),
-           force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+                                                                 "sample images). With --quantize: one folder "
+                                                                 "of class folders for the agreement check "
+                                                                 "(default: the model's test split, else val)."),
+           quantize: Optional[Quantize] = typer.Option(None, "--quantize", help="Also write model.int8.onnx "
+                                                       "(static QDQ, per-channel), kept only when it passes "
+                                                       "the agreement check."),
+           calibration: Optional[Path] = typer.Option(None, metavar="DIR", help="--quantize: calibrate on "
+                                                      "images of DIR (a split root: its train/; default: "
+                                                      "the model's training split)."),
+           calibration_images: int = typer.Option(C.QUANTIZE_CALIBRATION_IMAGES, help="--quantize: how many "
+                                                  "calibration images (a seeded random choice)."),
+           max_accuracy_drop: float = typer.Option(C.QUANTIZE_MAX_ACCURACY_DROP, help="--quantize: refuse the "
+                                                   "int8 file when its held-out accuracy is more than this "
+                                                   "many points below the float file's."),
+           force: bool = typer.Option(False, "--force", help="Overwrite --out; with --quantize, also keep an "
+                                                             "int8 file that fails the agreement check."),
            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
-    """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras."""
+    """Export a model to ONNX (class names and preprocessing in its metadata) and verify it against Keras;
+    --quantize int8 adds an int8 file checked against the float one on held-out images."""
     from imgclf import registry as reg
     from imgclf.export import export_onnx
 
-    report = export_onnx(reg.resolve(registry, model), out=out, opset=opset,
-                         check_paths=[str(c) for c in check] if check else None, force=force)
+    ref = reg.resolve(registry, model)
+    if quantize is not None:
+        from imgclf.console import print_int8_report
+        from imgclf.errors import UsageError
+        from imgclf.quantize import export_int8
+
+        if check and len(check) > 1:
+            raise UsageError("--check: with --quantize int8, give one folder of class folders")
+        report = export_int8(ref, opset, check=check[0] if check else None, calibration=calibration,
+                             calibration_count=calibration_images, max_accuracy_drop=max_accuracy_drop,
+                             out=out, force=force, reporter=_reporter(quiet))
+        print_int8_report(report, _reporter(quiet))
+        sys.stdout.write((report["out"] or report["path"]) + "\n")
+        return
+    report = export_onnx(ref, out=out, opset=opset, check_paths=[str(c) for c in check] if check else None,
+                         force=force)
     _reporter(quiet).info(f"parity check on {report['checked_images']} {report['check_source']}: top-1 agreement "
                           f"{report['top1_agreement']:.3f}, max |dp| {report['max_abs_diff']:.2e}")
     sys.stdout.write((report["out"] or report["path"]) + "\n")
@@ -436,11 +483,11 @@ def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = ty
 @models_app.command("show")
 @handle_errors
 def models_show(model: str = ModelArg("latest"), registry: Optional[Path] = RegistryOpt):
-    """Print a model's metadata (JSON)."""
+    """Print a model's metadata (JSON), with its model files and their sizes ("files")."""
     from imgclf import registry as reg
 
     ref = reg.resolve(registry, model)
-    _print_json(dict(ref.metadata, path=str(ref.path)))
+    _print_json(dict(ref.metadata, path=str(ref.path), files=reg.model_files(ref)))
 
 
 @models_app.command("card")

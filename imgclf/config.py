@@ -46,6 +46,8 @@ SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the or
 BACKENDS = ("auto", "keras", "onnx")            # auto: the ONNX export when there is one
 OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 CLASS_WEIGHTS = ("none", "auto")                # auto: inverse class frequency
+QUANTIZE_MODES = ("int8",)                      # imgclf export --quantize
+PRECISIONS = ("fp32", "int8")                   # imgclf predict --precision: model.onnx or model.int8.onnx
 CALIBRATION_METHODS = ("temperature", "none")   # train --calibrate: temperature fitted on val (calibration.py)
 
 # Defaults of the commands other than train (train's are TrainConfig's fields, below)
@@ -55,6 +57,9 @@ SPLIT_TEST = 0.1
 PREDICT_TOP_K = 3
 PREDICT_BATCH_SIZE = 32
 EXPORT_OPSET = 17
+PREDICT_PRECISION = "fp32"
+QUANTIZE_CALIBRATION_IMAGES = 300               # training images the int8 activation ranges are calibrated on
+QUANTIZE_MAX_ACCURACY_DROP = 1.0                # points of held-out accuracy the int8 file may lose
 
 
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:

@@ -189,3 +189,17 @@ def print_compare(report: dict, console: Console = None, max_rows: int = 10):
                     ["path", "true", "A", "B"],
                     [[r["path"], r["true"], f"{r['pred_a']} {r['conf_a']:.3f}", f"{r['pred_b']} {r['conf_b']:.3f}"]
                      for r in rows[:max_rows]], console=console)
+
+
+def print_int8_report(report: dict, reporter: Reporter) -> None:
+    """The log lines of `imgclf export --quantize int8` (stderr) once the int8 file is saved: the check, the sizes."""
+    c = report["check"]
+    reporter.info(f"int8 check on {c['images']} held-out images of {c['source']}: accuracy fp32 "
+                  f"{c['fp32_accuracy']:.4f}, int8 {c['int8_accuracy']:.4f} (drop {c['accuracy_drop_points']:.2f} "
+                  f"points, limit {c['max_accuracy_drop']:g}); top-1 agreement {c['top1_agreement']:.4f}, max |dp| "
+                  f"{c['max_abs_diff']:.2e}; {c['changed_labels']} label(s) changed ({c['changed_csv']})")
+    if not c["passed"]:
+        reporter.warn("the int8 file failed the agreement check and was kept because of --force")
+    reporter.info(f"{report['path']}: {report['bytes'] / 2**20:.2f} MiB, fp32 {report['fp32_bytes'] / 2**20:.2f} "
+                  f"MiB ({report['fp32_bytes'] / report['bytes']:.1f}x smaller); calibrated on "
+                  f"{report['calibration_images']} images of {report['calibration_source']}")

@@ -239,7 +239,7 @@ def build_card(ref: registry.ModelRef) -> str:
     out += ["", "## Files and their checks", ""]
     frows = []
     for fname, what in ((registry.KERAS_FILE, "Keras model"), (registry.ONNX_FILE, "ONNX export"),
-                        (registry.METADATA, "metadata"), (registry.HISTORY, "per-epoch history"),
+                        (registry.INT8_ONNX_FILE, "int8 ONNX export"), (registry.METADATA, "metadata"), (registry.HISTORY, "per-epoch history"),
                         (registry.CURVES, "training curves")):
         p = ref.path / fname
         if p.is_file():
@@ -250,6 +250,12 @@ def build_card(ref: registry.ModelRef) -> str:
                     check = (f"opset {md(o.get('opset'))}; parity with Keras on {md(o.get('checked_images'))} "
                              f"{md(o.get('check_source'))}: top-1 agreement {_num(o.get('top1_agreement'), 3)}, "
                              f"max abs diff {float(o.get('max_abs_diff') or 0):.2e}")
+            if fname == registry.INT8_ONNX_FILE:
+                c = (meta.get("int8") or {}).get("check") or {}
+                if c:
+                    check = (f"vs model.onnx on {md(c.get('images'))} held-out images: accuracy "
+                             f"{_num(c.get('fp32_accuracy'), 4)} -> {_num(c.get('int8_accuracy'), 4)}, top-1 agreement "
+                             f"{_num(c.get('top1_agreement'), 4)}{'' if c.get('passed') else ' (failed, kept by --force)'}")
             sha = _sha256(p) if fname != registry.METADATA else "changes with each evaluation"
             frows.append([code(fname), what, _size(p.stat().st_size), code(sha) if fname != registry.METADATA
                           else sha, check or "–"])

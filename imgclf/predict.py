@@ -13,12 +13,13 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from imgclf.calibration import apply_temperature, check_probability, temperature_of
-from imgclf.config import BACKENDS, OUTPUT_FORMATS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
+from imgclf.config import BACKENDS, OUTPUT_FORMATS, PRECISIONS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
 from imgclf.errors import DataError, ImageError, UsageError
 from imgclf.data.files import InOrderMapper
 from imgclf.preprocessing import load_image
@@ -48,7 +49,7 @@ class Classifier:
 class OnnxClassifier(Classifier):
     backend = "onnx"
 
-    def __init__(self, ref: ModelRef, threads: Optional[int] = None):
+    def __init__(self, ref: ModelRef, threads: Optional[int] = None, path: Optional[Path] = None):
         super().__init__(ref)
         import onnxruntime as ort
 
@@ -59,7 +60,7 @@ class OnnxClassifier(Classifier):
         # no busy-waiting between batches: the decoding threads need those cores (about 25% less CPU
         # for a folder of small images, bench/predict_throughput.py)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(ref.onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path or ref.onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         # exports since calibration hold T inside the graph (recorded in their metadata); older ones give
         # uncalibrated probabilities (T = 1)
@@ -89,9 +90,17 @@ class KerasClassifier(Classifier):
         return apply_temperature(out, self.temperature) if calibrated else out
 
 
-def load_classifier(ref: ModelRef, backend: str = "auto") -> Classifier:
+def load_classifier(ref: ModelRef, backend: str = "auto", precision: str = "fp32") -> Classifier:
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision != "fp32":
+        from imgclf.quantize import int8_path
+
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if backend == "keras":
+            raise UsageError("--precision int8 runs the int8 ONNX file: use --backend onnx or auto")
+        return OnnxClassifier(ref, path=int8_path(ref))
     if backend == "onnx" or (backend == "auto" and ref.onnx_path.is_file()):
         if not ref.onnx_path.is_file():
             raise UsageError(f"model {ref.label} has no ONNX export; run `imgclf export {ref.label}` first "

@@ -1,6 +1,7 @@
 """The model registry on disk.
 
-    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, curves.png, [model.onnx], [evaluation/]
+    ROOT/NAME/VERSION/   model.keras, metadata.json, history.csv, curves.png, [model.onnx], [model.int8.onnx],
+                         [evaluation/]
     ROOT/NAME/tags.json  {"alias": VERSION}
     ROOT/.staging/RUN/   a training run in progress (checkpoints; resumable); never listed as a model
     ROOT/NAME/.last_version  the last number handed out: numbers are never reused
@@ -29,6 +30,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 METADATA = "metadata.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
+#: the model files a version can hold, in the order `models show` lists them
+MODEL_FILES = (KERAS_FILE, ONNX_FILE, INT8_ONNX_FILE)
 HISTORY = "history.csv"
 CURVES = "curves.png"  # drawn from history.csv at the end of training
 STAGING = ".staging"
@@ -149,6 +153,20 @@ def summary(ref: ModelRef) -> dict:
     return {"name": md.get("name"), "version": md.get("version"), "arch": md.get("arch"),
             "classes": len(md.get("class_names", [])), "accuracy": acc, "onnx": ref.onnx_path.is_file(),
             "created": md.get("created"), "path": str(ref.path)}
+
+
+def model_files(ref: ModelRef) -> List[dict]:
+    """The model files present in a version folder (or the standalone file), with their sizes."""
+    paths = [ref.onnx_only] if ref.onnx_only else [ref.path / f for f in MODEL_FILES]
+    return [{"file": p.name, "bytes": p.stat().st_size, "size": _size(p.stat().st_size), "path": str(p)}
+            for p in paths if p.is_file()]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _versions(root: Path, name: str) -> List[int]:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from imgclf import arch_choice, registry
+from imgclf import arch_choice, distribute, registry
 from imgclf.architectures import Architecture, get_architecture
 from imgclf.config import AUTO_ARCH, TrainConfig
 from imgclf.console import Reporter
@@ -91,19 +91,30 @@ def library_versions() -> dict:
 
 
 def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter] = None,
-          resume: Optional[str] = None) -> dict:
-    """Train a model and commit it to the registry. Returns the new version's metadata."""
+          resume: Optional[str] = None, distribute_mode: str = "auto",
+          cluster_timeout: int = distribute.DEFAULT_CLUSTER_TIMEOUT) -> dict:
+    """Train a model and commit it to the registry. Returns the new version's metadata.
+    distribute_mode/cluster_timeout: see imgclf/distribute.py (every worker of a cluster calls this)."""
     before = sys.modules["keras"].mixed_precision.global_policy().name if "keras" in sys.modules else "float32"
+    reporter = reporter or Reporter()
+    dist = distribute.plan(distribute_mode, cluster_timeout, reporter)
     try:
-        return _train(data, cfg, registry_dir, reporter or Reporter(), resume)
+        return _train(data, cfg, registry_dir, reporter, resume, dist)
+    except Exception as exc:
+        failure = dist.translate(exc)
+        if failure is exc:
+            raise
+        raise failure from None
     finally:
+        dist.close()  # a non-chief worker's own temporary folder
         # --mixed-precision sets Keras' global policy: it must not outlive the run (in-process callers)
         if "keras" in sys.modules and sys.modules["keras"].mixed_precision.global_policy().name != before:
             sys.modules["keras"].mixed_precision.set_global_policy(before)
 
 
-def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Optional[str]) -> dict:
-    root = registry.root_of(registry_dir)
+def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Optional[str],
+           dist: distribute.Distribution) -> dict:
+    root = dist.workspace(registry.root_of(registry_dir), resume)  # only the chief writes to the registry
     if resume:
         data, cfg, info = load_run(root, resume)
         reporter.info(f"resuming run {resume} ({info.get('epochs_done', 0)} epochs done)")
@@ -129,11 +140,19 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     from imgclf.tf_quiet import import_keras
 
     keras = import_keras()
+    dist.start()  # before any other TensorFlow op
+    if dist.strategy is not None:
+        reporter.info(dist.summary(cfg.batch_size))
+    dist.check_same_data(distribute.data_fingerprint(
+        fingerprint([p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]),
+        splits.class_names, [len(d.samples) if d is not None else -1 for d in (splits.train, splits.val, splits.test)],
+        spec.to_dict()), data)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(cfg.seed)
     # build first: a bad --weights file fails before minutes of decoding
-    model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
+    with dist.scope():
+        model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
 
     decoded = decode_splits(splits, spec, cfg.cache_dir or str(root / ".cache"), reporter)
     if len(decoded["train"].labels) == 0:
@@ -145,27 +164,31 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     from imgclf.data.augment import build_augmenter
 
     tr, va = decoded["train"], decoded.get("val")
-    train_ds = make_dataset(tr.pixels, tr.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                            augment=build_augmenter(cfg.augment, cfg.seed))
-    val_ds = make_dataset(va.pixels, va.labels, cfg.batch_size) if va is not None and len(va.labels) else None
+    batch = dist.global_batch(cfg.batch_size)  # --batch-size is per replica
+    train_ds = dist.dataset(make_dataset(tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed,
+                                         augment=build_augmenter(cfg.augment, cfg.seed)))
+    val_ds = dist.dataset(make_dataset(va.pixels, va.labels, batch)) if va is not None and len(va.labels) else None
     weights = class_weights(tr.labels, len(splits.class_names)) if cfg.class_weight == "auto" else None
     phases = plan_phases(arch, cfg, reporter)
-    try:
-        for phase in phases:
-            fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights, reporter)
-    except BaseException as exc:
-        run.abandon(exc, registry_dir)
-
-    metrics = final_metrics(model, run.history(), decoded, cfg.batch_size)
-    from imgclf.calibration import calibrate_keras_model
-    calibration = calibrate_keras_model(model, decoded.get("val"), cfg.calibrate, cfg.batch_size, reporter)
-    model.save(run.staging / registry.KERAS_FILE)
+    with dist.fitting(model):
+        try:
+            for phase in phases:
+                fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights, reporter)
+        except BaseException as exc:
+            run.abandon(dist.translate(exc, dist.resume_hint(run, registry_dir)), registry_dir)
+        metrics = final_metrics(model, run.history(), decoded, batch, dist.dataset)
+        from imgclf.calibration import calibrate_keras_model
+        calibration = calibrate_keras_model(model, decoded.get("val"), cfg.calibrate, cfg.batch_size, reporter)
+        model.save(run.staging / registry.KERAS_FILE)  # every worker saves (collective reads); only one commits
     from imgclf.plots import curves_png
     curves_png(run.staging / registry.CURVES, run.history(), title=f"{cfg.name}: loss and accuracy per epoch")
     metadata = build_metadata(data, cfg, spec, splits, decoded, weights, metrics)
     metadata["calibration"] = calibration
+    metadata["distribute"] = dist.describe(cfg.batch_size)
     version, final = run.commit(cfg.name, metadata)
     metadata.update(version=version, path=str(final))
+    if not dist.is_chief:  # its copy lives in its own temporary folder, removed now: the chief's is the model
+        metadata.update(version=None, path=None)
     return metadata
 
 
@@ -217,7 +240,8 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
     model.save_weights(run.phase_weights(phase.name))
 
 
-def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int) -> dict:
+def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int,
+                  shard=lambda ds: ds) -> dict:
     metrics = {}
     if history:
         last = history[-1]
@@ -228,7 +252,7 @@ def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch
     for split_name in ("val", "test"):
         d = decoded.get(split_name)
         if d is not None and len(d.labels):
-            loss, acc = model.evaluate(make_dataset(d.pixels, d.labels, batch_size), verbose=0)
+            loss, acc = model.evaluate(shard(make_dataset(d.pixels, d.labels, batch_size)), verbose=0)
             metrics[f"{split_name}_loss"], metrics[f"{split_name}_accuracy"] = float(loss), float(acc)
     return metrics
 

@@ -100,8 +100,9 @@ def test_model_names_complete_from_the_registry(registry_copy):
 
 def test_completion_can_be_installed():
     assert "--install-completion" in cli("--help").stdout
-    out = subprocess.run([sys.executable, "-m", "imgclf", "--show-completion", "bash"], capture_output=True,
-                         text=True, timeout=60, env=child_env())
+    # the shell named, never detected from the parent process (pytest's parent may be anything)
+    out = subprocess.run([sys.executable, "-m", "imgclf", "--show-completion=bash"], capture_output=True,
+                         text=True, timeout=60, env=child_env() | {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert out.returncode == 0 and "complete" in out.stdout and "_IMGCLF_COMPLETE" in out.stdout.upper(), out
 
 

@@ -1,0 +1,435 @@
+"""`imgclf export --quantize int8`: the float ONNX file -> `model.int8.onnx`, kept only when it still
+classifies the model's held-out images as the float file does.
+
+- Static quantization (onnxruntime.quantization.quantize_static), QDQ format, int8 weights per output
+  channel, uint8 activations, MinMax ranges calibrated on images of the model's own training split
+  (decoded by preprocessing.load_image, exactly as training saw them). Never dynamic quantization:
+  for convolutions it emits ConvInteger, which onnxruntime's CPU provider cannot run (onnxruntime
+  issue 15888). The final Softmax stays float, so probabilities keep their resolution.
+- The agreement check runs both files on held-out images (the model's test split, else val, else the
+  folder given): accuracy of each, top-1 agreement, max |dp| and the images whose label changed (a CSV
+  in the model folder). A drop in accuracy of more than `max_accuracy_drop` points refuses the file.
+- The int8 file carries the float file's metadata_props (class names, preprocessing) plus the
+  quantization settings; metadata.json records the settings and the check (`int8`, or `int8_rejected`
+  for a file that failed and was not saved).
+
+Needs onnx and onnxruntime only: TensorFlow is not imported here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from imgclf import registry
+from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
+from imgclf.errors import DataError, ExportError, UsageError
+from imgclf.preprocessing import PreprocessingSpec
+
+INT8_FILE = registry.INT8_ONNX_FILE
+#: images of the training split the ranges are calibrated on, unless told otherwise
+DEFAULT_CALIBRATION_IMAGES = QUANTIZE_CALIBRATION_IMAGES
+#: the int8 file is refused when its held-out accuracy is this many points (percent) below the float file's
+DEFAULT_MAX_ACCURACY_DROP = QUANTIZE_MAX_ACCURACY_DROP
+CHANGED_CSV = "int8_changed_labels.csv"
+CALIBRATION_BATCH = 16
+
+
+class QuantizeError(ExportError):
+    """Quantization failed, or the int8 file did not pass the agreement check (exit code 1)."""
+
+
+@dataclass
+class ImageSet:
+    """Decoded images with where they came from (labels are -1 where there are none, as in calibration)."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    paths: List[str]
+    source: str        # a folder, for messages and metadata
+    skipped: List[Tuple[str, str]]
+
+
+# ------------------------------------------------------------------------------------------ the images
+
+def _model_splits(ref: registry.ModelRef, hint: str, reporter=None):
+    """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed).
+    Warns when the files are no longer those training saw (the recorded fingerprint differs)."""
+    from imgclf.data.split import load_splits
+    from imgclf.train import fingerprint
+
+    dataset = ref.metadata.get("dataset") or {}
+    source = dataset.get("source")
+    if not source:
+        raise DataError(f"{ref.label}: metadata.json records no training data; pass {hint}")
+    if not Path(source).is_dir():
+        raise DataError(f"{source}: the training data of {ref.label} (recorded in metadata.json) is not found; "
+                        f"pass {hint}")
+    cfg = ref.metadata.get("config") or {}
+    splits = load_splits(source, float(cfg.get("val_split", 0.1)) if dataset.get("val_held_out") else 0.0,
+                         int(ref.metadata.get("seed", cfg.get("seed", 42))))
+    if list(splits.class_names) != list(ref.metadata["class_names"]):
+        raise DataError(f"{source}: its classes ({', '.join(splits.class_names)}) are no longer the model's "
+                        f"({', '.join(ref.metadata['class_names'])}); pass {hint}")
+    paths = [p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]
+    if reporter and dataset.get("fingerprint") and fingerprint(paths) != dataset["fingerprint"]:
+        reporter.warn(f"{source}: the files changed since {ref.label} was trained; its held-out split may now "
+                      f"hold images it trained on (pass --check DIR to be sure)")
+    return splits
+
+
+def _image_files(folder: Path) -> Tuple[Path, List[str]]:
+    """(the folder used, every image file below it): a split root's train/ only, never its held-out images."""
+    from imgclf.data.scan import find_split_dirs, is_image_name, is_junk, walk_files
+
+    dirs = find_split_dirs(folder)
+    root = dirs["train"] if dirs else folder
+    return root, [f for f in walk_files(str(root)) if is_image_name(os.path.basename(f))
+                  and not is_junk(os.path.basename(f))]
+
+
+def _decode(paths: Sequence[str], labels: Sequence[int], spec: PreprocessingSpec, source: str,
+            reporter=None, what: str = "decoding") -> ImageSet:
+    from imgclf.data.pipeline import decode
+
+    if reporter:
+        with reporter.progress(what, total=len(paths)) as advance:
+            d = decode(paths, labels, spec, progress=advance)
+    else:
+        d = decode(paths, labels, spec)
+    skipped = [(e.path, e.reason) for e in d.problems]
+    if reporter:
+        for path, reason in skipped:
+            reporter.warn(f"skipped {path}: {reason}")
+    return ImageSet(np.asarray(d.pixels), np.asarray(d.labels), list(d.paths), source, skipped)
+
+
+def calibration_images(ref: registry.ModelRef, spec: PreprocessingSpec, folder: Optional[Path] = None,
+                       count: int = DEFAULT_CALIBRATION_IMAGES, reporter=None, splits=None) -> ImageSet:
+    """Up to `count` images (a seeded random choice) of `folder` (every image below it; a split root's
+    train/ only), else of the model's own training split."""
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataError(f"--calibration {folder}: folder not found")
+        root, paths = _image_files(folder)
+        if not paths:
+            raise DataError(f"--calibration {root}: no image files in it")
+        source = os.path.abspath(root)
+    else:
+        splits = splits or _model_splits(ref, "--calibration DIR")
+        paths, source = splits.train.paths, os.path.abspath(splits.train.root)
+        if not paths:
+            raise DataError(f"{source}: no training images left to calibrate on; pass --calibration DIR")
+    rng = np.random.default_rng(int(ref.metadata.get("seed", 42)))
+    if len(paths) > count:
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), size=count, replace=False))]
+    images = _decode(paths, [-1] * len(paths), spec, source, reporter, "decoding calibration images")
+    if not len(images.paths):
+        raise DataError(f"{source}: none of the {len(paths)} calibration images could be decoded")
+    return images
+
+
+def held_out_images(ref: registry.ModelRef, spec: PreprocessingSpec, folder: Optional[Path] = None,
+                    reporter=None, splits=None) -> ImageSet:
+    """Labelled images the model never trained on: `folder` (a split root: its test/, else val/; or a
+    class-folder tree), else the model's test split, else its val split."""
+    from imgclf.data.scan import find_split_dirs, scan
+
+    class_names = ref.metadata["class_names"]
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataError(f"--check {folder}: folder not found")
+        dirs = find_split_dirs(folder)
+        ds = scan(dirs.get("test") or dirs["val"] if dirs else folder, class_names=class_names)
+    else:
+        splits = splits or _model_splits(ref, "--check DIR")
+        ds = splits.test if splits.test is not None and splits.test.samples else splits.val
+        if ds is None or not ds.samples:
+            raise DataError(f"{ref.label}: no held-out images (no test or val split); pass --check DIR")
+    if reporter:
+        for p in ds.problems:
+            reporter.warn(f"skipped {p.path}: {p.reason}")
+    if not ds.samples:
+        raise DataError(f"{ds.root}: no usable images for the agreement check")
+    images = _decode(ds.paths, ds.labels, spec, os.path.abspath(ds.root), reporter, "decoding check images")
+    images.skipped = [(p.path, p.reason) for p in ds.problems] + images.skipped
+    if not len(images.paths):
+        raise DataError(f"{ds.root}: none of its images could be decoded for the agreement check")
+    return images
+
+
+# ---------------------------------------------------------------------------------------- quantization
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: one batch of float32 raw pixels per call."""
+
+    def __init__(self, input_name: str, pixels: np.ndarray, batch: int = CALIBRATION_BATCH):
+        self.input_name, self.pixels, self.batch, self.i = input_name, pixels, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.pixels):
+            return None
+        x = self.pixels[self.i:self.i + self.batch].astype(np.float32)
+        self.i += self.batch
+        return {self.input_name: x}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, per_channel: bool = True,
+                  settings: Optional[dict] = None) -> dict:
+    """Write the static-QDQ int8 version of `float_path` to `out_path`, calibrated on `pixels`, with the
+    float file's metadata_props plus the quantization settings. Returns the settings."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = onnx.load(str(float_path))
+    props = {p.key: p.value for p in source.metadata_props}
+    input_name = source.graph.input[0].name
+    work = Path(tempfile.mkdtemp(prefix="imgclf-quantize-"))
+    try:
+        prepared = work / "prepared.onnx"
+        try:
+            # constant folding and fusions first, and shapes for every tensor: a tensor of unknown shape
+            # is left in float. (Symbolic shape inference is for transformers; it needs sympy.)
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        except Exception as e:
+            raise QuantizeError(f"{float_path}: preparing for quantization failed ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        graph = onnx.load(str(prepared)).graph
+        # the last Softmax stays float: uint8 probabilities (steps of 1/255) would tie close classes
+        keep_float = [n.name for n in graph.node if n.op_type == "Softmax"]
+        raw = work / "int8.onnx"
+        try:
+            quantize_static(str(prepared), str(raw), _Reader(input_name, pixels), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=keep_float)
+            # (not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the batches collected so far
+            # without folding them into the ranges; the MinMax calibrator keeps only a min and a max per
+            # tensor and batch anyway, so memory stays small without it)
+        except Exception as e:
+            raise QuantizeError(f"{float_path}: quantization failed ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        model = onnx.load(str(raw))
+        info = dict(settings or {})
+        info.update(method="static", format="QDQ", weights="int8", activations="uint8", per_channel=per_channel,
+                    calibration_method="MinMax", float_ops=["Softmax"] if keep_float else [],
+                    onnxruntime=ort.__version__)
+        meta = json.loads(props.get("imgclf", "{}"))
+        meta["quantization"] = info
+        props["imgclf"] = json.dumps(meta)
+        props["quantization"] = json.dumps(info)
+        del model.metadata_props[:]
+        for k, v in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        model.producer_name = source.producer_name or "imgclf"
+        model.doc_string = (source.doc_string + " int8 (static QDQ) quantization.").strip()
+        onnx.save(model, str(out_path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+# --------------------------------------------------------------------------------------- the check
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _probabilities(path: Path, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
+    sess = _session(path)
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: pixels[i:i + batch].astype(np.float32)})[0] for i in range(0, len(pixels), batch)]
+    return np.concatenate(out)
+
+
+def agreement(float_path: Path, int8_path: Path, images: ImageSet, class_names: Sequence[str]):
+    """(figures, rows of the images whose top-1 label changed) of the two files on `images`."""
+    p32 = _probabilities(float_path, images.pixels)
+    p8 = _probabilities(int8_path, images.pixels)
+    l32, l8, y = p32.argmax(1), p8.argmax(1), images.labels
+    acc32, acc8 = float(np.mean(l32 == y)), float(np.mean(l8 == y))
+    figures = {"images": int(len(y)), "source": images.source, "fp32_accuracy": round(acc32, 6),
+               "int8_accuracy": round(acc8, 6), "accuracy_drop_points": round(100 * (acc32 - acc8), 4),
+               "top1_agreement": round(float(np.mean(l32 == l8)), 6),
+               "max_abs_diff": float(np.max(np.abs(p32 - p8))), "changed_labels": int(np.sum(l32 != l8))}
+    rows = [{"path": images.paths[i], "true": class_names[y[i]], "fp32_label": class_names[l32[i]],
+             "fp32_confidence": round(float(p32[i, l32[i]]), 6), "int8_label": class_names[l8[i]],
+             "int8_confidence": round(float(p8[i, l8[i]]), 6)} for i in np.flatnonzero(l32 != l8)]
+    return figures, rows
+
+
+def _write_changed(path: Path, rows: List[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.part")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "true", "fp32_label", "fp32_confidence", "int8_label",
+                                          "int8_confidence"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ the entry
+
+def prepare_images(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
+                   calibration_count: int = DEFAULT_CALIBRATION_IMAGES, reporter=None) -> Tuple[ImageSet, ImageSet]:
+    """(calibration images, held-out check images), decoded with the model's preprocessing spec."""
+    spec = ref.spec
+    splits = None
+    if calibration is None or check is None:
+        missing = [o for o, v in (("--calibration DIR", calibration), ("--check DIR", check)) if v is None]
+        splits = _model_splits(ref, " and ".join(missing), reporter)
+    held = held_out_images(ref, spec, check, reporter, splits)
+    calib = calibration_images(ref, spec, calibration, calibration_count, reporter, splits)
+    overlap = set(held.paths) & set(calib.paths)
+    if overlap:
+        raise UsageError(f"--calibration {calib.source}: {len(overlap)} of its images are also check images "
+                         f"(e.g. {sorted(overlap)[0]}); calibrate on training images")
+    return calib, held
+
+
+def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
+                   max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+                   calibration_count: int = DEFAULT_CALIBRATION_IMAGES, out: Optional[Path] = None,
+                   force: bool = False, reporter=None, images: Optional[Tuple[ImageSet, ImageSet]] = None) -> dict:
+    """Quantize the model's exported `model.onnx` to `model.int8.onnx` (and `out`, when given) after the
+    agreement check. Raises QuantizeError, saving nothing, when the check fails and not `force`.
+    `images`: (calibration, check) from `prepare_images`, else they are prepared here."""
+    _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    if not ref.onnx_path.is_file():
+        raise UsageError(f"model {ref.label} has no ONNX export to quantize; run `imgclf export {ref.label}`")
+    class_names = list(ref.metadata["class_names"])
+    calib, held = images or prepare_images(ref, calibration, check, calibration_count, reporter)
+    if reporter:
+        reporter.info(f"calibrating on {len(calib.paths)} images of {calib.source}")
+
+    target = ref.path / INT8_FILE
+    tmp = target.with_name(f".{INT8_FILE}.{uuid.uuid4().hex[:6]}.part")
+    try:
+        settings = quantize_file(ref.onnx_path, tmp, calib.pixels, per_channel=True,
+                                 settings={"calibration_images": len(calib.paths),
+                                           "calibration_source": calib.source})
+        figures, rows = agreement(ref.onnx_path, tmp, held, class_names)
+        changed_csv = ref.path / CHANGED_CSV
+        _write_changed(changed_csv, rows)
+        passed = figures["accuracy_drop_points"] <= max_accuracy_drop
+        record = dict(settings, check=dict(figures, max_accuracy_drop=max_accuracy_drop, passed=passed,
+                                           changed_csv=str(changed_csv)))
+        if not passed and not force:
+            registry.update_metadata(ref, int8_rejected=record)
+            kept = f"; the earlier {INT8_FILE} is kept" if target.is_file() else ""
+            raise QuantizeError(
+                f"{ref.label}: int8 accuracy {figures['int8_accuracy']:.4f} vs fp32 {figures['fp32_accuracy']:.4f} "
+                f"on {figures['images']} held-out images of {held.source} (drop {figures['accuracy_drop_points']:.2f} "
+                f"points > --max-accuracy-drop {max_accuracy_drop:g}); {INT8_FILE} not saved (changed labels: "
+                f"{changed_csv}; --force saves it anyway){kept}")
+        record["bytes"] = tmp.stat().st_size
+        record["fp32_bytes"] = ref.onnx_path.stat().st_size
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            part = Path(out).with_name(f".{Path(out).name}.{uuid.uuid4().hex[:6]}.part")
+            shutil.copyfile(tmp, part)
+            os.replace(part, out)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    had_rejected = "int8_rejected" in ref.metadata
+    registry.update_metadata(ref, int8=record)
+    if had_rejected:
+        _drop_metadata_key(ref, "int8_rejected")
+    return dict(record, path=str(target), out=str(out) if out else None,
+                skipped=len(held.skipped) + len(calib.skipped))
+
+
+def _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force) -> None:
+    """Every argument, before any work (the float export takes seconds)."""
+    if ref.onnx_only:
+        raise UsageError(f"{ref.onnx_path}: a standalone .onnx file; --quantize takes a registry model")
+    if check is not None and not Path(check).exists():
+        raise UsageError(f"--check {check}: folder not found")
+    if check is not None and not Path(check).is_dir():
+        raise UsageError(f"--check {check}: with --quantize int8, --check takes one folder of class folders "
+                         "(a split root: its test/, else val/)")
+    if calibration is not None and not Path(calibration).is_dir():
+        raise UsageError(f"--calibration {calibration}: folder not found")
+    if calibration_count < 1:
+        raise UsageError(f"--calibration-images must be at least 1, got {calibration_count}")
+    if not np.isfinite(max_accuracy_drop):
+        raise UsageError(f"--max-accuracy-drop must be a number of points, got {max_accuracy_drop}")
+    if out is not None and Path(out).exists() and not force:
+        raise UsageError(f"{out}: file exists (use --force to overwrite)")
+
+
+def _drop_metadata_key(ref: registry.ModelRef, key: str) -> None:
+    with registry.Lock(ref.path.parent.parent):
+        meta = registry.read_json(ref.path / registry.METADATA)
+        meta.pop(key, None)
+        registry.write_json_atomic(ref.path / registry.METADATA, meta)
+    ref.metadata = meta
+
+
+def int8_path(ref: registry.ModelRef) -> Path:
+    """The int8 file of a model (a standalone .onnx file given by path is its own int8 file when it was
+    quantized); raises UsageError, with what to run, when there is none."""
+    if ref.onnx_only:
+        if "quantization" in ref.metadata:
+            return ref.onnx_only
+        raise UsageError(f"{ref.onnx_only}: not an int8 file (no quantization in its metadata); "
+                         "use --precision fp32")
+    path = ref.path / INT8_FILE
+    if not path.is_file():
+        raise UsageError(f"model {ref.label} has no int8 export ({INT8_FILE}); run `imgclf export {ref.label} "
+                         "--quantize int8` first or use --precision fp32")
+    return path
+
+
+def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None,
+                calibration: Optional[Path] = None, calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
+                max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, out: Optional[Path] = None,
+                force: bool = False, reporter=None) -> dict:
+    """`imgclf export MODEL --quantize int8`: export the float ONNX file first when there is none (or it was
+    made with another opset), then quantize it. The float file's parity check uses the --check folder's
+    images when one is given."""
+    _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    images = prepare_images(ref, calibration, check, calibration_count, reporter)  # before the slow part
+    float_report = None
+    recorded = (ref.metadata.get("onnx") or {}).get("opset")
+    if not ref.onnx_path.is_file() or recorded != opset:
+        from imgclf.export import export_onnx
+
+        parity = None
+        if check is not None:
+            from imgclf.data.scan import find_split_dirs
+
+            dirs = find_split_dirs(Path(check))
+            parity = _image_files(dirs.get("test") or dirs["val"] if dirs else Path(check))[1][:32] or None
+        float_report = export_onnx(ref, opset=opset, check_paths=parity)
+        if reporter:
+            reporter.info(f"exported {float_report['path']}: parity check on {float_report['checked_images']} "
+                          f"{float_report['check_source']}: top-1 agreement {float_report['top1_agreement']:.3f}, "
+                          f"max |dp| {float_report['max_abs_diff']:.2e}")
+    report = quantize_model(ref, calibration=calibration, check=check, max_accuracy_drop=max_accuracy_drop,
+                            calibration_count=calibration_count, out=out, force=force, reporter=reporter,
+                            images=images)
+    report["float_export"] = float_report
+    return report
