@@ -23,7 +23,7 @@ from imgclf.errors import ImgclfError
 
 TRAIN = C.TrainConfig()  # the defaults of `imgclf train`
 
-Arch = Literal[tuple(architecture_names())]
+Arch = Literal[(C.AUTO_ARCH,) + tuple(architecture_names())]
 Policy = Literal[tuple(C.AUGMENT_POLICIES)]
 Flip = Literal[C.FLIP_MODES]
 SplitMode = Literal[C.SPLIT_MODES]
@@ -204,29 +204,47 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 @handle_errors
 def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ + val/ and/or test/) or a "
                                                           "class-folder tree."),
-          arch: Arch = typer.Option(TRAIN.arch, help="Model architecture."),
-          epochs: int = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop sooner)."),
+          arch: Arch = typer.Option(TRAIN.arch, help="Model architecture. auto: a pretrained mobilenet_v2 for colour "
+                                                     "images of 64 px or more, or when --weights is given; else "
+                                                     "cnn (it says which, and why)."),
+          epochs: Optional[int] = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop "
+                                                                  "sooner); pretrained: head epochs (default: "
+                                                                  f"{C.SCRATCH_DEFAULTS['epochs']} from scratch, "
+                                                                  f"{C.PRETRAINED_DEFAULTS['epochs']} pretrained)."),
           batch_size: int = typer.Option(TRAIN.batch_size, help="Images per batch."),
           image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
-                                                                         "data for cnn/mlp, 224 for MobileNet)."),
+                                                                         "data for cnn/mlp, "
+                                                                         f"{C.PRETRAINED_DEFAULTS['image_size']} "
+                                                                         "for pretrained MobileNet, 224 with "
+                                                                         "--weights none)."),
           channels: Optional[int] = typer.Option(TRAIN.channels, help="1 or 3 (default: 1 when every image is "
                                                                      "grayscale)."),
-          lr: float = typer.Option(TRAIN.lr, help="Learning rate (Adam)."),
+          lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default: "
+                                                         f"{C.SCRATCH_DEFAULTS['lr']:g} from scratch, "
+                                                         f"{C.PRETRAINED_DEFAULTS['lr']:g} pretrained)."),
           name: Optional[str] = typer.Option(TRAIN.name, help="Registry name (default: the data folder's name)."),
           seed: int = typer.Option(TRAIN.seed, help="Random seed."),
           val_split: float = typer.Option(TRAIN.val_split, help="Held out of the training images when there is "
                                                                 "no val/."),
           patience: int = typer.Option(TRAIN.patience, help="Early stopping patience on val_loss (0 = off)."),
           weights: Optional[str] = typer.Option(TRAIN.weights, help="MobileNet: imagenet (default) | none | PATH "
-                                                                    "to a backbone .weights.h5 (offline)."),
+                                                                    "to a backbone .weights.h5 (offline). With "
+                                                                    "--arch auto, imagenet or PATH picks "
+                                                                    "mobilenet_v2."),
           alpha: float = typer.Option(TRAIN.alpha, help="MobileNet width multiplier."),
-          fine_tune_epochs: int = typer.Option(TRAIN.fine_tune_epochs, help="MobileNet: epochs of phase 2 (top "
-                                                                            "of the backbone unfrozen, lr/10)."),
+          fine_tune_epochs: Optional[int] = typer.Option(TRAIN.fine_tune_epochs, help="Pretrained MobileNet: "
+                                                                                      "epochs of phase 2 (top of "
+                                                                                      "the backbone unfrozen, "
+                                                                                      f"lr/10; default {C.PRETRAINED_DEFAULTS['fine_tune_epochs']})."),
           fine_tune_layers: float = typer.Option(TRAIN.fine_tune_layers, help="MobileNet phase 2: backbone "
                                                                               "layers to unfreeze (N, or a "
                                                                               "fraction < 1)."),
-          augment: Policy = typer.Option(TRAIN.augment_policy, help="Online augmentation policy (the options "
-                                                                    "below override it)."),
+          augment: Optional[Policy] = typer.Option(TRAIN.augment_policy, help="Online augmentation policy (the "
+                                                                              "options below override it; "
+                                                                              f"default: {C.SCRATCH_DEFAULTS['augment_policy']} "
+                                                                              "from scratch, "
+                                                                              f"{C.PRETRAINED_DEFAULTS['augment_policy']}"
+                                                                              " pretrained)."),
           flip: Optional[Flip] = typer.Option(None, help="Mirroring (use none for digits and text)."),
           rotate: Optional[float] = typer.Option(None, help="Max rotation, degrees."),
           shift: Optional[float] = typer.Option(None, help="Max shift, fraction."),
@@ -256,12 +274,13 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
 
     if data is None and not resume:
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
-    aug = C.AugmentConfig.from_options(augment, flip=flip, rotate=rotate, shift=shift, zoom=zoom,
-                                       brightness=brightness, contrast=contrast)
+    overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, zoom=zoom, brightness=brightness,
+                                       contrast=contrast).items() if v is not None}
+    aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
                         lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                         alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
-                        class_weight=class_weight, augment=aug, augment_policy=augment,
+                        class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
                         mixed_precision=mixed_precision, calibrate=calibrate)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume,
                      distribute_mode=distribute, cluster_timeout=cluster_timeout)

@@ -30,6 +30,17 @@ AUGMENT_POLICIES = {
 }
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 
+#: `--arch auto` (the default) picks PRETRAINED_ARCH for colour images whose typical (median) short side
+#: is at least AUTO_PRETRAINED_MIN_SIZE px, else the cnn; see imgclf/arch_choice.py and docs/benchmarks.md
+AUTO_ARCH = "auto"
+PRETRAINED_ARCH = "mobilenet_v2"
+AUTO_PRETRAINED_MIN_SIZE = 64
+#: the defaults of the options left unset, by how the network starts (see TrainConfig.resolve_defaults):
+#: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
+#: (measured in docs/benchmarks.md, "Better models by default")
+SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="none")
+PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160)
+
 # The fixed choices of options (the CLI offers exactly these; the library checks them too)
 SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the original files
 BACKENDS = ("auto", "keras", "onnx")            # auto: the ONNX export when there is one
@@ -96,12 +107,12 @@ class AugmentConfig:
 class TrainConfig:
     """Everything `imgclf train` needs; recorded in the model's metadata.json."""
 
-    arch: str = "cnn"
-    epochs: int = 15
+    arch: str = AUTO_ARCH                 # auto: mobilenet_v2 or cnn, from the data (arch_choice says why)
+    epochs: Optional[int] = None          # None: SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS (resolve_defaults)
     batch_size: int = 64
     image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
     channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
-    lr: float = 1e-3
+    lr: Optional[float] = None
     seed: int = DEFAULT_SEED
     val_split: float = 0.1                # held out of train/ when the data has no val/
     patience: int = 4                     # early stopping on val_loss; 0 disables it
@@ -109,18 +120,32 @@ class TrainConfig:
     weights: Optional[str] = None         # transfer learning: imagenet | none | PATH
     alpha: float = 1.0                    # MobileNet width multiplier
     fine_tune_layers: float = 0.3         # phase 2: layers (N>=1) or fraction (<1) of the backbone unfrozen
-    fine_tune_epochs: int = 0             # phase 2 epochs (0 = none)
+    fine_tune_epochs: Optional[int] = None  # phase 2 epochs (0 = none)
     class_weight: str = "none"            # auto (inverse frequency) | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    augment_policy: str = "none"
+    augment_policy: Optional[str] = None  # None: the default policy for how the network starts
+    augment_overrides: dict = field(default_factory=dict)  # --flip/--rotate/...: applied over the policy
+    arch_choice: Optional[dict] = None    # what --arch auto chose and why (set by arch_choice.choose)
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
     calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
+    def resolve_defaults(self, pretrained: bool) -> None:
+        """Fill the options left unset (None) with the defaults for a network trained from scratch or
+        from pretrained weights; options the user gave are kept."""
+        defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
+        for key in ("epochs", "lr", "fine_tune_epochs", "image_size"):
+            if getattr(self, key) is None and key in defaults:
+                setattr(self, key, defaults[key])
+        if self.augment_policy is None:
+            self.augment_policy = defaults["augment_policy"]
+            self.augment = AugmentConfig.from_options(self.augment_policy, **self.augment_overrides)
+        self.validate()
+
     def validate(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.fine_tune_epochs < 0:
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 0:
             raise UsageError(f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
@@ -128,7 +153,7 @@ class TrainConfig:
             raise UsageError(f"--image-size must be between 8 and 1024, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
-        if not (0 < self.lr < 1):
+        if self.lr is not None and not (0 < self.lr < 1):
             raise UsageError(f"--lr must be between 0 and 1, got {self.lr}")
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
         if self.class_weight not in CLASS_WEIGHTS:

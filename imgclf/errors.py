@@ -13,6 +13,10 @@ class UsageError(ImgclfError):
     exit_code = 2
 
 
+class WeightsUnavailable(UsageError):
+    """Pretrained weights that have to be downloaded cannot be (offline, no cached copy)."""
+
+
 class DataError(ImgclfError):
     """The dataset cannot be used (missing folder, no images, a single class, ...)."""
 

@@ -23,9 +23,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from imgclf import distribute, registry
+from imgclf import arch_choice, distribute, registry
 from imgclf.architectures import Architecture, get_architecture
-from imgclf.config import TrainConfig
+from imgclf.config import AUTO_ARCH, TrainConfig
 from imgclf.console import Reporter
 from imgclf.data.pipeline import Decoded, decode, make_dataset
 from imgclf.data.scan import Dataset
@@ -119,13 +119,19 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
         data, cfg, info = load_run(root, resume)
         reporter.info(f"resuming run {resume} ({info.get('epochs_done', 0)} epochs done)")
     cfg.validate()
-    arch = get_architecture(cfg.arch)
-    arch.check_weights(cfg.weights)
+    if cfg.arch != AUTO_ARCH:  # a bad --arch/--weights pair fails before the data is read
+        get_architecture(cfg.arch).check_weights(cfg.weights)
     cfg.name = registry.check_name(cfg.name or registry.safe_name(Path(os.path.abspath(data)).name))
 
     splits = load_splits(data, cfg.val_split, cfg.seed)
     for p in splits.problems:
         reporter.warn(f"skipped {p.path}: {p.reason}")
+    choice = arch_choice.choose(cfg, splits.train)
+    arch = get_architecture(cfg.arch)
+    arch.check_weights(cfg.weights)
+    cfg.resolve_defaults(arch.starts_pretrained(cfg.weights))
+    if not resume and arch_choice.describe(choice):
+        reporter.info(arch_choice.describe(choice))
     spec = choose_spec(cfg, arch, splits.train)
     reporter.info(f"{len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
                   f"{', ...' if len(splits.class_names) > 10 else ''}); images {spec.image_size[0]}x"
@@ -146,7 +152,7 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     keras.utils.set_random_seed(cfg.seed)
     # build first: a bad --weights file fails before minutes of decoding
     with dist.scope():
-        model = arch.build(spec.shape, len(splits.class_names), cfg)
+        model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
 
     decoded = decode_splits(splits, spec, cfg.cache_dir or str(root / ".cache"), reporter)
     if len(decoded["train"].labels) == 0:
@@ -268,6 +274,7 @@ def build_metadata(data, cfg: TrainConfig, spec: PreprocessingSpec, splits: Spli
         "name": cfg.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),  # orders `latest`
         "arch": cfg.arch,
+        "arch_choice": cfg.arch_choice,
         "class_names": splits.class_names,
         "preprocessing": spec.to_dict(),
         "image_size": list(spec.image_size),

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, child_env, cli, error_line, run_imgclf
 
 CHOICES = {
-    ("train", "--arch"): ["cnn", "mlp", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
+    ("train", "--arch"): ["auto", "cnn", "mlp", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
     ("train", "--augment"): ["none", "light", "medium", "heavy"],
     ("train", "--flip"): ["none", "horizontal", "vertical", "both"],
     ("train", "--class-weight"): ["none", "auto"],
@@ -54,9 +54,18 @@ def test_cli_defaults_are_train_configs():
 
     text = re.sub(r"\s+", " ", cli("train", "--help").stdout)
     d = TrainConfig()
-    for option, value in (("--epochs", d.epochs), ("--batch-size", d.batch_size), ("--lr", d.lr),
-                          ("--patience", d.patience), ("--val-split", d.val_split), ("--arch", d.arch)):
+    for option, value in (("--batch-size", d.batch_size), ("--patience", d.patience), ("--val-split", d.val_split),
+                          ("--arch", d.arch)):
         assert re.search(re.escape(option) + r" <[^>]*>.*?\[default: " + re.escape(str(value)) + r"\]", text), option
+    # issue 14: these depend on how the network starts (config.SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS)
+    from imgclf.config import PRETRAINED_DEFAULTS as P, SCRATCH_DEFAULTS as S
+    assert d.epochs is None and d.lr is None and d.fine_tune_epochs is None and d.augment_policy is None
+    for option, phrase in (("--epochs", f"default: {S['epochs']} from scratch, {P['epochs']} pretrained"),
+                           ("--lr", f"default: {S['lr']:g} from scratch, {P['lr']:g} pretrained"),
+                           ("--fine-tune-epochs", f"default {P['fine_tune_epochs']}"),
+                           ("--augment", f"default: {S['augment_policy']} from scratch, "
+                                         f"{P['augment_policy']} pretrained")):
+        assert re.search(re.escape(option) + r" <[^>]*> [^-]*?" + re.escape(phrase), text), option
 
 
 def test_library_checks_arguments_like_the_cli(exported):

@@ -10,7 +10,7 @@ import os
 
 from imgclf.architectures import register_architecture
 from imgclf.config import MOBILENET_SIZES
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, WeightsUnavailable
 
 BACKBONE_NAME = "backbone"
 
@@ -48,7 +48,7 @@ def _make_backbone(family: str, input_shape, alpha: float, weights):
         except ValueError as e:
             raise UsageError(f"--weights imagenet: {e}") from None
         except Exception as e:  # urllib/HTTP/socket errors: no network
-            raise UsageError(f"--weights imagenet: cannot download the ImageNet weights ({type(e).__name__}: "
+            raise WeightsUnavailable(f"--weights imagenet: cannot download the ImageNet weights ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else 'no network?'}); offline, pass a local "
                              "backbone file with --weights PATH") from None
     path = os.fspath(weights)

@@ -1,0 +1,80 @@
+"""`imgclf train --arch auto` (the default): which network to train, from the data, and why.
+
+Colour images that are typically at least AUTO_PRETRAINED_MIN_SIZE px (median short side) get a
+pretrained MobileNetV2 (ImageNet weights, or the file given with --weights PATH): on photos it beats
+a network trained from scratch by far. Grayscale or small images (Fashion-MNIST, digits, icons) get our
+cnn. `--weights imagenet|PATH` says that a pretrained network is wanted, whatever the size; `--weights
+none` that it is not. The choice and its reason are said on stderr and recorded in metadata.json
+("arch_choice"). When the ImageNet weights cannot be downloaded, auto stops with the two ways out
+instead of quietly training something else.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Optional
+
+from imgclf.config import AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PRETRAINED_ARCH, TrainConfig
+from imgclf.data.scan import Dataset
+from imgclf.errors import UsageError, WeightsUnavailable
+from imgclf.preprocessing import is_grayscale_mode
+
+SCRATCH_ARCH = "cnn"
+
+
+def choose(cfg: TrainConfig, train: Dataset) -> dict:
+    """Resolve cfg.arch ("auto" -> a registered name) and record the choice in cfg.arch_choice.
+    A run being resumed keeps the choice it made when it started."""
+    if cfg.arch_choice is not None:
+        return cfg.arch_choice
+    if cfg.arch != AUTO_ARCH:
+        cfg.arch_choice = {"requested": cfg.arch, "chosen": cfg.arch, "reason": "--arch given"}
+        return cfg.arch_choice
+    chosen, reason = _decide(cfg, train)
+    cfg.arch = chosen
+    cfg.arch_choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
+    return cfg.arch_choice
+
+
+def _decide(cfg: TrainConfig, train: Dataset):
+    weights = cfg.weights
+    if weights == "none":
+        return SCRATCH_ARCH, "--weights none: no pretrained network wanted"
+    source = "ImageNet weights" if weights in (None, "imagenet") else f"weights from {weights}"
+    if weights is not None:
+        return PRETRAINED_ARCH, f"--weights {weights}: a pretrained network ({source})"
+    samples = train.samples
+    if not samples:
+        return SCRATCH_ARCH, "no training images to look at"
+    colour = sum(not is_grayscale_mode(s.mode) for s in samples)
+    size = int(statistics.median(min(s.width, s.height) for s in samples))
+    if cfg.channels == 1:
+        return SCRATCH_ARCH, "--channels 1 (grayscale)"
+    if colour == 0 and cfg.channels is None:
+        return SCRATCH_ARCH, f"grayscale images ({size} px typical); pretrained networks are chosen for colour"
+    if size < AUTO_PRETRAINED_MIN_SIZE:
+        return SCRATCH_ARCH, (f"small images ({size} px typical, under {AUTO_PRETRAINED_MIN_SIZE} px); "
+                              "a pretrained network is chosen from there up")
+    what = "colour images" if colour else "images (--channels 3)"
+    return PRETRAINED_ARCH, (f"{what} of {size} px typical (at least {AUTO_PRETRAINED_MIN_SIZE} px): "
+                             f"pretrained, {source}")
+
+
+def describe(choice: dict) -> Optional[str]:
+    """The stderr line for an automatic choice (None when --arch was given)."""
+    if choice.get("requested") != AUTO_ARCH:
+        return None
+    other = "--arch cnn" if choice["chosen"] != SCRATCH_ARCH else f"--arch {PRETRAINED_ARCH}"
+    return f"--arch auto chose {choice['chosen']}: {choice['reason']} (pass {other} to override)"
+
+
+def build_model(arch, input_shape, num_classes: int, cfg: TrainConfig):
+    """arch.build, with the two ways out when auto's pretrained network cannot get its ImageNet weights."""
+    try:
+        return arch.build(input_shape, num_classes, cfg)
+    except WeightsUnavailable as e:
+        choice = cfg.arch_choice or {}
+        if choice.get("requested") != AUTO_ARCH:
+            raise
+        reason = str(e).split(": ", 1)[-1].split("; offline")[0]
+        raise UsageError(f"--arch auto chose {choice['chosen']} with ImageNet weights, but {reason}: pass "
+                         f"--weights PATH (a local {choice['chosen']} backbone .weights.h5) or --arch cnn") from None
