@@ -91,11 +91,13 @@ def test_colour_128px_offline_stops_with_the_two_ways_out(tmp_path, colour_128, 
     import keras.src.utils.file_utils as file_utils
 
     def offline(*args, **kwargs):
+        print("Downloading data from https://example.invalid/mobilenet_v2.h5")  # as Keras' get_file does
         raise URLError("[Errno -2] Name or service not known")
     monkeypatch.setattr(file_utils, "get_file", offline)
     reg = tmp_path / "reg"
     r = cli("train", colour_128, "--registry", reg, "--epochs", 1)
     line = error_line(r)
+    assert r.stdout == "" and "Downloading data from" in r.stderr  # Keras' progress is a log, not data
     assert r.exit_code == 2
     assert "--arch auto chose mobilenet_v2" in line and "cannot download the ImageNet weights" in line
     assert "--weights PATH" in line and "--arch cnn" in line

@@ -6,7 +6,9 @@ grayscale repeated to 3 channels) is inside the graph. The backbone always runs 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from imgclf.architectures import register_architecture
 from imgclf.config import MOBILENET_SIZES
@@ -44,7 +46,9 @@ def _make_backbone(family: str, input_shape, alpha: float, weights):
         return ctor(weights=None, **kwargs)
     if weights == "imagenet":
         try:
-            return ctor(weights="imagenet", **kwargs)
+            # Keras prints "Downloading data from ..." on stdout: it belongs with the logs (data goes to stdout)
+            with contextlib.redirect_stdout(sys.stderr):
+                return ctor(weights="imagenet", **kwargs)
         except ValueError as e:
             raise UsageError(f"--weights imagenet: {e}") from None
         except Exception as e:  # urllib/HTTP/socket errors: no network
