@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 
 from imgclf import registry
 from imgclf.config import TrainConfig
-from imgclf.errors import ImgclfError, UsageError
+from imgclf.errors import DataError, ImgclfError, UsageError
 
 RUN_FILE = "run.json"
 HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -114,13 +114,20 @@ def load_run(root: Path, run_id: str) -> Tuple[str, TrainConfig, dict]:
     return info["data"], TrainConfig.from_dict(info["config"]), info
 
 
-def start_run(root: Path, name: str, data, cfg: TrainConfig, resume: Optional[str] = None) -> Run:
-    """A new staging folder (or the one of `resume`), with run.json written for this process."""
+def start_run(root: Path, name: str, data, cfg: TrainConfig, resume: Optional[str] = None,
+              fingerprint: Optional[str] = None) -> Run:
+    """A new staging folder (or the one of `resume`), with run.json written for this process. `fingerprint`
+    (of the images) is kept in run.json: resuming with other images is refused, since it would train one
+    model on two datasets."""
     staging = root / registry.STAGING / resume if resume else registry.new_staging(root, name)
     info = {"data": os.path.abspath(data), "config": cfg.to_dict(), "pid": os.getpid(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epochs_done": 0}
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epochs_done": 0,
+            "fingerprint": fingerprint}
     if resume:
         old = registry.read_json(staging / RUN_FILE)
+        if old.get("fingerprint") and fingerprint and old["fingerprint"] != fingerprint:
+            raise DataError(f"{data}: the images changed since run {resume} started (files added, removed or "
+                            "resized); resuming would train one model on two datasets: start a new run")
         info.update({k: old[k] for k in ("started", "epochs_done") if k in old})
     registry.write_json_atomic(staging / RUN_FILE, info)
     run = Run(root, staging, resumed=bool(resume))

@@ -160,14 +160,7 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     if len(set(decoded["train"].labels.tolist())) < 2:
         raise DataError(f"{data}: the training images cover only one class")
 
-    images_fp = fingerprint([p for d in decoded.values() for p in d.paths])
-    if resume and info.get("fingerprint", images_fp) != images_fp:
-        raise DataError(f"{data}: the images changed since run {resume} started (files added, removed or "
-                        "resized); resuming would train one model on two datasets: start a new run")
-    run = start_run(root, cfg.name, data, cfg, resume)
-    # what --resume compares the data with
-    registry.write_json_atomic(run.staging / "run.json",
-                               dict(registry.read_json(run.staging / "run.json"), fingerprint=images_fp))
+    run = start_run(root, cfg.name, data, cfg, resume, fingerprint([p for d in decoded.values() for p in d.paths]))
     from imgclf.data.augment import build_augmenter
 
     tr, va = decoded["train"], decoded.get("val")
