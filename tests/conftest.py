@@ -225,6 +225,19 @@ def make_tree(root: Path, counts: Dict[str, int], mode: str = "RGB", size=(16, 1
     return root
 
 
+#: images whose colour is not their folder's: a model that learned the colours gets these wrong
+PLANTED = {"red/looks_green_1.png": "green", "red/looks_green_2.png": "green", "green/looks_blue.png": "blue"}
+
+
+def planted_eval_tree(root: Path) -> Path:
+    """An evaluation tree of 5 colour images per class (blue, green, red) plus the PLANTED mistakes."""
+    make_tree(root, {c: 5 for c in ("blue", "green", "red")}, size=(20, 20), seed=21)
+    rng = np.random.default_rng(22)
+    for rel, colour in PLANTED.items():
+        noisy("RGB", (20, 20), COLOURS[colour], rng).save(root / rel)
+    return root
+
+
 def tree_digest(root: Path) -> dict:
     """relative path -> (kind, content hash or link target) for everything below root (links not followed)."""
     out = {}

@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, cli, error_line, make_tree, noisy
+from conftest import PLANTED, cli, error_line, make_tree, planted_eval_tree
 
 CLASSES = ["blue", "green", "red"]
-# images whose colour is not their folder's: a model that learned the colours gets these wrong
-PLANTED = {"red/looks_green_1.png": "green", "red/looks_green_2.png": "green", "green/looks_blue.png": "blue"}
 
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("eval") / "eval", {c: 5 for c in CLASSES}, size=(20, 20), seed=21)
-    rng = np.random.default_rng(22)
-    for rel, colour in PLANTED.items():
-        noisy("RGB", (20, 20), COLOURS[colour], rng).save(root / rel)
-    return root
+    return planted_eval_tree(tmp_path_factory.mktemp("eval") / "eval")
 
 
 def evaluate_json(registry, data, out, *extra):

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, cli, error_line, make_tree, noisy
+from conftest import COLOURS, cli, error_line, noisy, planted_eval_tree
 
 CLASSES = ["blue", "green", "red"]
-PLANTED = {"red/looks_green_1.png": "green", "red/looks_green_2.png": "green", "green/looks_blue.png": "blue"}
 EVIL = "<img src=x onerror=alert(1)>"
 
 
@@ -55,10 +54,7 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("report") / "eval", {c: 5 for c in CLASSES}, size=(20, 20), seed=21)
-    rng = np.random.default_rng(22)
-    for rel, colour in PLANTED.items():
-        noisy("RGB", (20, 20), COLOURS[colour], rng).save(root / rel)
+    root = planted_eval_tree(tmp_path_factory.mktemp("report") / "eval")
     (root / "blue" / "broken.png").write_bytes(b"not a png at all")
     return root
 
