@@ -229,12 +229,12 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                          f"{C.PRETRAINED_DEFAULTS['lr']:g} pretrained)."),
           lr_schedule: Optional[LrSchedule] = typer.Option(
               TRAIN.lr_schedule, "--lr-schedule", help="plateau: halve the rate when val_loss stalls; cosine: "
-              "one warm-up epoch, then down to 0 by the last epoch (default: "
+              "one warmup epoch, then down to 0 by the last epoch (default: "
               f"{C.SCRATCH_DEFAULTS['lr_schedule']} from scratch, {C.PRETRAINED_DEFAULTS['lr_schedule']} "
               "pretrained)."),
           label_smoothing: Optional[float] = typer.Option(
               TRAIN.label_smoothing, "--label-smoothing", help="Share of each label spread over the other "
-              f"classes, 0-0.5 (default: {C.SCRATCH_DEFAULTS['label_smoothing']:g} from scratch, "
+              f"classes, 0 to 0.5 (default: {C.SCRATCH_DEFAULTS['label_smoothing']:g} from scratch, "
               f"{C.PRETRAINED_DEFAULTS['label_smoothing']:g} pretrained)."),
           name: Optional[str] = typer.Option(TRAIN.name, help="Registry name (default: the data folder's name)."),
           seed: int = typer.Option(TRAIN.seed, help="Random seed."),

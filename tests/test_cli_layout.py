@@ -58,9 +58,16 @@ def test_cli_defaults_are_train_configs():
                           ("--arch", d.arch)):
         assert re.search(re.escape(option) + r" <[^>]*>.*?\[default: " + re.escape(str(value)) + r"\]", text), option
     # issue 14: these depend on how the network starts (config.SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS)
+    from imgclf import config as C
     from imgclf.config import PRETRAINED_DEFAULTS as P, SCRATCH_DEFAULTS as S
     assert d.epochs is None and d.lr is None and d.fine_tune_epochs is None and d.augment_policy is None
-    for option, phrase in (("--epochs", f"default: {S['epochs']} from scratch, {P['epochs']} pretrained"),
+    for option, phrase in (("--epochs", f"default: {S['epochs']} from scratch, fewer when the training images "
+                                        f"number over {C.SCRATCH_IMAGE_BUDGET // S['epochs']:,} (about "
+                                        f"{C.SCRATCH_IMAGE_BUDGET:,} images in all); {P['epochs']} pretrained"),
+                           ("--lr-schedule", f"(default: {S['lr_schedule']} from scratch, {P['lr_schedule']} "
+                                             "pretrained)"),
+                           ("--label-smoothing", f"(default: {S['label_smoothing']:g} from scratch, "
+                                                 f"{P['label_smoothing']:g} pretrained)"),
                            ("--lr", f"default: {S['lr']:g} from scratch, {P['lr']:g} pretrained"),
                            ("--fine-tune-epochs", f"default {P['fine_tune_epochs']}"),
                            ("--augment", f"default: {S['augment_policy']} from scratch, "
