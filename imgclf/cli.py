@@ -30,6 +30,7 @@ SplitMode = Literal[C.SPLIT_MODES]
 Backend = Literal[C.BACKENDS]
 ClassWeight = Literal[C.CLASS_WEIGHTS]
 Calibrate = Literal[C.CALIBRATION_METHODS]
+LrSchedule = Literal[C.LR_SCHEDULES]
 OutFormat = Literal[C.OUTPUT_FORMATS]
 TableOrJson = Literal["table", "json"]
 Quantize = Literal[C.QUANTIZE_MODES]
@@ -226,6 +227,15 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default: "
                                                          f"{C.SCRATCH_DEFAULTS['lr']:g} from scratch, "
                                                          f"{C.PRETRAINED_DEFAULTS['lr']:g} pretrained)."),
+          lr_schedule: Optional[LrSchedule] = typer.Option(
+              TRAIN.lr_schedule, "--lr-schedule", help="plateau: halve the rate when val_loss stalls; cosine: "
+              "one warm-up epoch, then down to 0 by the last epoch (default: "
+              f"{C.SCRATCH_DEFAULTS['lr_schedule']} from scratch, {C.PRETRAINED_DEFAULTS['lr_schedule']} "
+              "pretrained)."),
+          label_smoothing: Optional[float] = typer.Option(
+              TRAIN.label_smoothing, "--label-smoothing", help="Share of each label spread over the other "
+              f"classes, 0-0.5 (default: {C.SCRATCH_DEFAULTS['label_smoothing']:g} from scratch, "
+              f"{C.PRETRAINED_DEFAULTS['label_smoothing']:g} pretrained)."),
           name: Optional[str] = typer.Option(TRAIN.name, help="Registry name (default: the data folder's name)."),
           seed: int = typer.Option(TRAIN.seed, help="Random seed."),
           val_split: float = typer.Option(TRAIN.val_split, help="Held out of the training images when there is "
@@ -286,7 +296,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                        grayscale=grayscale).items() if v is not None}
     aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
-                        lr=lr, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
+                        lr=lr, lr_schedule=lr_schedule, label_smoothing=label_smoothing, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                         alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                         class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
                         mixed_precision=mixed_precision, calibrate=calibrate)

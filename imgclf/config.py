@@ -45,8 +45,13 @@ AUTO_PRETRAINED_MIN_SIZE = 64
 #: the defaults of the options left unset, by how the network starts (see TrainConfig.resolve_defaults):
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
 #: (measured in docs/benchmarks.md, "Better models by default")
-SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="none")
-PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160)
+SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="none", lr_schedule="plateau",
+                        label_smoothing=0.0)
+PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160,
+                           lr_schedule="plateau", label_smoothing=0.0)
+#: how the learning rate moves during a phase: plateau halves it when val_loss stalls; cosine warms up
+#: over the first epoch (from lr/10) and then follows a cosine down to 0 at the phase's last epoch
+LR_SCHEDULES = ("plateau", "cosine")
 
 # The fixed choices of options (the CLI offers exactly these; the library checks them too)
 SPLIT_MODES = ("copy", "symlink", "hardlink")   # how split/augment place the original files
@@ -126,6 +131,8 @@ class TrainConfig:
     image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
     channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
     lr: Optional[float] = None
+    lr_schedule: Optional[str] = None     # plateau | cosine (LR_SCHEDULES); None: by how the network starts
+    label_smoothing: Optional[float] = None  # 0..0.5 of each label spread over the other classes
     seed: int = DEFAULT_SEED
     val_split: float = 0.1                # held out of train/ when the data has no val/
     patience: int = 4                     # early stopping on val_loss; 0 disables it
@@ -147,7 +154,7 @@ class TrainConfig:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
         from pretrained weights; options the user gave are kept."""
         defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
-        for key in ("epochs", "lr", "fine_tune_epochs", "image_size"):
+        for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "lr_schedule", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:
                 setattr(self, key, defaults[key])
         if self.augment_policy is None:
@@ -169,6 +176,10 @@ class TrainConfig:
         if self.lr is not None and not (0 < self.lr < 1):
             raise UsageError(f"--lr must be between 0 and 1, got {self.lr}")
         _check_fraction("val-split", self.val_split, 0.0, 0.5)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.label_smoothing is not None:
+            _check_fraction("label-smoothing", self.label_smoothing, 0.0, 0.5)
         if self.class_weight not in CLASS_WEIGHTS:
             raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
         if self.calibrate not in CALIBRATION_METHODS:

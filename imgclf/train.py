@@ -11,6 +11,7 @@ Ctrl-C or a crash loses at most one epoch and `imgclf train --resume RUN` contin
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import statistics
@@ -173,7 +174,10 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     with dist.fitting(model):
         try:
             for phase in phases:
-                fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights, reporter)
+                fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights, reporter,
+                          steps_per_epoch=math.ceil(len(tr.labels) / batch))
+            if cfg.label_smoothing:  # val/test loss as plain cross-entropy, comparable between models
+                model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         except BaseException as exc:
             run.abandon(dist.translate(exc, dist.resume_hint(run, registry_dir)), registry_dir)
         metrics = final_metrics(model, run.history(), decoded, batch, dist.dataset)
@@ -210,7 +214,7 @@ def decode_splits(splits: Splits, spec: PreprocessingSpec, cache_dir: str, repor
 
 
 def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainConfig, run: Run, train_ds, val_ds,
-              weights, reporter: Reporter) -> None:
+              weights, reporter: Reporter, steps_per_epoch: int) -> None:
     """One phase of model.fit, checkpointed every epoch; a phase finished before an interruption is
     restored from its saved best weights instead of being trained again."""
     import keras
@@ -224,20 +228,65 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
     if run.phase_weights(phase.name).exists() and not last:
         model.load_weights(run.phase_weights(phase.name))
         return
-    model.compile(optimizer=keras.optimizers.Adam(phase.lr), loss="sparse_categorical_crossentropy",
+    lr = cosine_schedule(keras, phase.lr, phase.epochs, steps_per_epoch) if cfg.lr_schedule == "cosine" else phase.lr
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=training_loss(keras, cfg.label_smoothing or 0.0),
                   metrics=["accuracy"])
     callbacks = [keras.callbacks.BackupAndRestore(str(run.checkpoint_dir(phase.name))),
                  _EpochLogger(run, phase, epoch_offset, reporter)]
     if cfg.patience > 0:
         monitor = "val_loss" if val_ds is not None else "loss"
-        # halve the step size when progress stalls, well before early stopping gives up
-        callbacks.append(_warm_plateau(keras)(monitor=monitor, factor=0.5, patience=max(1, cfg.patience // 2),
-                                              min_lr=phase.lr / 32, verbose=0))
+        if cfg.lr_schedule != "cosine":
+            # halve the step size when progress stalls, well before early stopping gives up
+            callbacks.append(_warm_plateau(keras)(monitor=monitor, factor=0.5, patience=max(1, cfg.patience // 2),
+                                                  min_lr=phase.lr / 32, verbose=0))
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                        restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
     model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
               verbose=0)
     model.save_weights(run.phase_weights(phase.name))
+
+
+def cosine_schedule(keras, lr: float, epochs: int, steps_per_epoch: int):
+    """--lr-schedule cosine: a linear warm-up from lr/10 over the first epoch (none for a 1-epoch phase),
+    then a cosine from lr down to 0 at the phase's last step (counted by the optimizer's own step counter,
+    so a resumed phase continues where it was)."""
+    total = max(1, epochs * steps_per_epoch)
+    warm = steps_per_epoch if epochs > 1 else 0
+    if not warm:
+        return keras.optimizers.schedules.CosineDecay(lr, total)
+    return keras.optimizers.schedules.CosineDecay(lr / 10, total - warm, warmup_target=lr, warmup_steps=warm)
+
+
+def training_loss(keras, smoothing: float):
+    """Cross-entropy on integer labels; with --label-smoothing S each target is (1 - S) on its class and
+    S spread evenly over all classes (Keras' categorical label smoothing)."""
+    if not smoothing:
+        return "sparse_categorical_crossentropy"
+    return _smoothed_loss_class(keras)(smoothing)
+
+
+_SMOOTHED = None
+
+
+def _smoothed_loss_class(keras):
+    global _SMOOTHED
+    if _SMOOTHED is None:
+        @keras.saving.register_keras_serializable(package="imgclf")
+        class SmoothedSparseCrossentropy(keras.losses.Loss):
+            def __init__(self, smoothing=0.1, name="smoothed_sparse_crossentropy", **kwargs):
+                super().__init__(name=name, **kwargs)
+                self.smoothing = float(smoothing)
+
+            def call(self, y_true, y_pred):
+                ops = keras.ops
+                labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+                one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+                return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.smoothing)
+
+            def get_config(self):
+                return {**super().get_config(), "smoothing": self.smoothing}
+        _SMOOTHED = SmoothedSparseCrossentropy
+    return _SMOOTHED
 
 
 def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int,
