@@ -215,6 +215,10 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           epochs: Optional[int] = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop "
                                                                   "sooner); pretrained: head epochs (default: "
                                                                   f"{C.SCRATCH_DEFAULTS['epochs']} from scratch, "
+                                                                  "fewer when the training images number over "
+                                                                  f"{C.SCRATCH_IMAGE_BUDGET // C.SCRATCH_DEFAULTS['epochs']:,}"
+                                                                  f" (about {C.SCRATCH_IMAGE_BUDGET:,} images "
+                                                                  "in all); "
                                                                   f"{C.PRETRAINED_DEFAULTS['epochs']} pretrained)."),
           batch_size: int = typer.Option(TRAIN.batch_size, help="Images per batch."),
           image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "

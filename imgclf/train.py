@@ -130,7 +130,7 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     choice = arch_choice.choose(cfg, splits.train)
     arch = get_architecture(cfg.arch)
     arch.check_weights(cfg.weights)
-    cfg.resolve_defaults(arch.starts_pretrained(cfg.weights))
+    cfg.resolve_defaults(arch.starts_pretrained(cfg.weights), n_train=len(splits.train.samples))
     if not resume and arch_choice.describe(choice):
         reporter.info(arch_choice.describe(choice))
     spec = choose_spec(cfg, arch, splits.train)

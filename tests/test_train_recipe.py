@@ -127,3 +127,32 @@ def test_recipe_defaults_by_how_the_network_starts():
     old = TrainConfig().to_dict()
     del old["lr_schedule"], old["label_smoothing"]
     assert TrainConfig.from_dict(old).lr_schedule is None
+
+
+def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
+    from imgclf.config import SCRATCH_IMAGE_BUDGET
+
+    def epochs(n, pretrained=False, **given):
+        cfg = TrainConfig(**given)
+        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        return cfg.epochs
+
+    assert epochs(480) == SCRATCH_DEFAULTS["epochs"] == 15    # the quickstart: all 15
+    assert epochs(54_000) == 9 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
+    assert epochs(10_000_000) == 1
+    assert epochs(54_000, epochs=20) == 20                    # given wins
+    assert epochs(54_000, pretrained=True) == PRETRAINED_DEFAULTS["epochs"]  # head epochs: not shrunk
+    assert epochs(None) == 15
+
+
+def test_small_image_cnn_has_two_convolutions_at_half_resolution():
+    import keras
+
+    from imgclf.architectures import get_architecture
+
+    model = get_architecture("cnn").build((28, 28, 1), 10, None)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [(l.name, l.filters, l.output.shape[1]) for l in convs] == [
+        ("b1_conv", 32, 28), ("b2_conv", 64, 14), ("b2b_conv", 64, 14), ("b3_conv", 128, 7)]
+    photo = get_architecture("cnn").build((64, 64, 3), 2, None)
+    assert "b2b_conv" not in [l.name for l in photo.layers]  # the photo graph is unchanged

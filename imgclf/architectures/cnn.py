@@ -34,6 +34,9 @@ def build_cnn(input_shape, num_classes, cfg=None):
     while True:
         block += 1
         x = conv(x, filters, f"b{block}")
+        if block == 2 and not photo:
+            # small images: a second convolution at half resolution (14x14 for 28 px inputs)
+            x = conv(x, filters, f"b{block}b")
         if size <= 8 or block == 5:
             break
         x = layers.MaxPooling2D(name=f"b{block}_pool")(x)
