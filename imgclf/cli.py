@@ -181,6 +181,9 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
             brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
             contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
+            hue: Optional[float] = typer.Option(None, help="Max hue rotation, fraction of the colour wheel."),
+            saturation: Optional[float] = typer.Option(None, help="Max saturation change, fraction."),
+            grayscale: Optional[float] = typer.Option(None, help="Probability of turning an image gray."),
             seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
             mode: SplitMode = typer.Option("copy", help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
@@ -189,7 +192,8 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
     from imgclf.data.augment import augment_folder
 
     cfg = C.AugmentConfig.from_options(policy, option="--policy", flip=flip, rotate=rotate, shift=shift, zoom=zoom,
-                                       brightness=brightness, contrast=contrast)
+                                       brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
+                                       grayscale=grayscale)
     rep = _reporter(quiet)
     with rep.progress("augmenting", total=None) as advance:
         result = augment_folder(src, dest, cfg, per_image=per_image, target_per_class=target_per_class,
@@ -265,6 +269,9 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
           brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
           contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
+          hue: Optional[float] = typer.Option(None, help="Max hue rotation, fraction of the colour wheel."),
+          saturation: Optional[float] = typer.Option(None, help="Max saturation change, fraction."),
+          grayscale: Optional[float] = typer.Option(None, help="Probability of turning an image gray."),
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
           mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
                                                help="float16 compute (for GPUs); exports stay float32."),
@@ -289,7 +296,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
     if data is None and not resume:
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
     overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, zoom=zoom, brightness=brightness,
-                                       contrast=contrast).items() if v is not None}
+                                       contrast=contrast, hue=hue, saturation=saturation,
+                                       grayscale=grayscale).items() if v is not None}
     aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
                         lr=lr, lr_schedule=lr_schedule, label_smoothing=label_smoothing, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,

@@ -22,12 +22,19 @@ BACKGROUND = (255, 255, 255)
 MOBILENET_SIZES = (96, 128, 160, 192, 224)
 
 AUGMENT_POLICIES = {
-    # name: (flip, rotate degrees, shift fraction, zoom fraction, brightness fraction, contrast fraction)
-    "none": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0),
-    "light": dict(flip="horizontal", rotate=5.0, shift=0.05, zoom=0.05, brightness=0.0, contrast=0.0),
-    "medium": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1),
-    "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25),
+    # name: (flip, rotate degrees, shift fraction, zoom fraction, brightness fraction, contrast fraction,
+    #        hue fraction of a turn, saturation fraction, grayscale probability)
+    "none": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
+                 hue=0.0, saturation=0.0, grayscale=0.0),
+    "light": dict(flip="horizontal", rotate=5.0, shift=0.05, zoom=0.05, brightness=0.0, contrast=0.0,
+                  hue=0.0, saturation=0.0, grayscale=0.0),
+    "medium": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1,
+                   hue=0.0, saturation=0.0, grayscale=0.0),
+    "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25,
+                  hue=0.0, saturation=0.0, grayscale=0.0),
 }
+#: the colour operations (hue, saturation, grayscale) change RGB images only; grayscale images pass unchanged
+COLOR_OPS = ("hue", "saturation", "grayscale")
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 
 #: `--arch auto` (the default) picks PRETRAINED_ARCH for colour images whose typical (median) short side
@@ -85,6 +92,9 @@ class AugmentConfig:
     zoom: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    hue: float = 0.0          # rotate the hue by up to ± this fraction of the colour wheel (0.5 = half a turn)
+    saturation: float = 0.0   # scale the saturation by a factor in [1 - s, 1 + s]
+    grayscale: float = 0.0    # probability that an image is turned gray (kept 3 channels)
 
     @classmethod
     def from_options(cls, policy: str = "none", option: str = "--augment", **overrides) -> "AugmentConfig":
@@ -104,11 +114,14 @@ class AugmentConfig:
         _check_fraction("rotate", self.rotate, 0.0, 180.0)
         for name in ("shift", "zoom", "brightness", "contrast"):
             _check_fraction(name, getattr(self, name), 0.0, 0.9)
+        _check_fraction("hue", self.hue, 0.0, 0.5)
+        _check_fraction("saturation", self.saturation, 0.0, 1.0)
+        _check_fraction("grayscale", self.grayscale, 0.0, 1.0)
 
     @property
     def active(self) -> bool:
         return self.flip != "none" or any(
-            getattr(self, n) > 0 for n in ("rotate", "shift", "zoom", "brightness", "contrast"))
+            getattr(self, n) > 0 for n in ("rotate", "shift", "zoom", "brightness", "contrast") + COLOR_OPS)
 
 
 @dataclass

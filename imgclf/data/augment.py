@@ -36,6 +36,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
         ops.append(layers.RandomFlip(mode, seed=seed))
     if cfg.rotate > 0 or cfg.shift > 0 or cfg.zoom > 0:
         ops.append(_random_affine_class()(cfg.rotate, cfg.shift, cfg.zoom, seed=seed + 1, name="random_affine"))
+    if cfg.hue > 0 or cfg.saturation > 0 or cfg.grayscale > 0:
+        ops.append(_random_color_class()(cfg.hue, cfg.saturation, cfg.grayscale, seed=seed + 2, name="random_color"))
     if cfg.brightness > 0:
         ops.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if cfg.contrast > 0:
@@ -101,6 +103,69 @@ def _random_affine_class():
 
     _AFFINE = RandomAffine
     return _AFFINE
+
+
+_COLOR = None
+
+
+def _random_color_class():
+    """keras.layers.Layer: per image, rotate the hue by U(-hue, +hue) of a full turn, scale the saturation
+    by U(1 - saturation, 1 + saturation), and with probability `grayscale` drop the colour altogether
+    (kept as 3 equal channels). All three are one 3x3 colour matrix per image, in YIQ space: luma Y (the
+    same weights as Pillow's convert("L")) is kept, the chroma plane (I, Q) is rotated (hue) and scaled
+    (saturation; 0 = gray). Images with other than 3 channels pass unchanged. Defined on first use so that
+    importing this module does not import Keras."""
+    global _COLOR
+    if _COLOR is not None:
+        return _COLOR
+    import math
+
+    import keras
+    from keras import ops
+
+    rgb_to_yiq = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
+                           [0.211456, -0.522591, 0.311135]], dtype="float32")
+    yiq_to_rgb = np.linalg.inv(rgb_to_yiq).astype("float32")
+
+    class RandomColor(keras.layers.Layer):
+        def __init__(self, hue=0.0, saturation=0.0, grayscale=0.0, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.hue, self.saturation, self.grayscale = float(hue), float(saturation), float(grayscale)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training or images.shape[-1] != 3:
+                return images
+            dtype = images.dtype
+            n = ops.shape(images)[0]
+            theta = keras.random.uniform((n,), -self.hue, self.hue, seed=self.generator) * (2.0 * math.pi) \
+                if self.hue > 0 else ops.zeros((n,))
+            scale = keras.random.uniform((n,), 1.0 - self.saturation, 1.0 + self.saturation,
+                                         seed=self.generator) if self.saturation > 0 else ops.ones((n,))
+            if self.grayscale > 0:
+                gray = keras.random.uniform((n,), 0.0, 1.0, seed=self.generator) < self.grayscale
+                scale = ops.where(gray, ops.zeros((n,)), scale)
+            cos, sin = ops.cos(theta) * scale, ops.sin(theta) * scale
+            ones, zeros = ops.ones((n,)), ops.zeros((n,))
+            # chroma transform in YIQ, per image: [[1, 0, 0], [0, cos, -sin], [0, sin, cos]]
+            chroma = ops.reshape(ops.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], axis=1),
+                                 (-1, 3, 3))
+            # pixels are row vectors: rgb' = rgb @ (yiq_to_rgb @ chroma @ rgb_to_yiq)^T
+            full = ops.matmul(ops.matmul(ops.convert_to_tensor(yiq_to_rgb), chroma), ops.convert_to_tensor(rgb_to_yiq))
+            x = ops.cast(images, "float32")
+            out = ops.einsum("bhwc,bdc->bhwd", x, full)
+            return ops.cast(ops.clip(out, 0.0, 255.0), dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "hue": self.hue, "saturation": self.saturation,
+                    "grayscale": self.grayscale, "seed": self.seed}
+
+    _COLOR = RandomColor
+    return _COLOR
 
 
 def _output_name(src_file: Path, k: int) -> str:
