@@ -210,7 +210,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ + val/ and/or test/) or a "
                                                           "class-folder tree."),
           arch: Arch = typer.Option(TRAIN.arch, help="Model architecture. auto: a pretrained mobilenet_v2 for colour "
-                                                     "images of 64 px or more, or when --weights is given; else "
+                                                     "images of 32 px or more, or when --weights is given; else "
                                                      "cnn (it says which, and why)."),
           epochs: Optional[int] = typer.Option(TRAIN.epochs, help="Maximum epochs (early stopping may stop "
                                                                   "sooner); pretrained: head epochs (default: "
@@ -234,8 +234,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           lr_schedule: Optional[LrSchedule] = typer.Option(
               TRAIN.lr_schedule, "--lr-schedule", help="plateau: halve the rate when val_loss stalls; cosine: "
               "one warmup epoch, then down to 0 by the last epoch (default: "
-              f"{C.SCRATCH_DEFAULTS['lr_schedule']} from scratch, {C.PRETRAINED_DEFAULTS['lr_schedule']} "
-              "pretrained)."),
+              f"{C.SCRATCH_DEFAULTS['lr_schedule']} from scratch, plateau for runs under "
+              f"{C.COSINE_MIN_STEPS:,} steps; {C.PRETRAINED_DEFAULTS['lr_schedule']} pretrained)."),
           label_smoothing: Optional[float] = typer.Option(
               TRAIN.label_smoothing, "--label-smoothing", help="Share of each label spread over the other "
               f"classes, 0 to 0.5 (default: {C.SCRATCH_DEFAULTS['label_smoothing']:g} from scratch, "

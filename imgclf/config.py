@@ -39,9 +39,10 @@ FLIP_MODES = ("none", "horizontal", "vertical", "both")
 
 #: `--arch auto` (the default) picks PRETRAINED_ARCH for colour images whose typical (median) short side
 #: is at least AUTO_PRETRAINED_MIN_SIZE px, else the cnn; see imgclf/arch_choice.py and docs/benchmarks.md
+#: (emoji at 32, 48 and 64 px: the pretrained network ahead of the cnn by 11 points or more at each size)
 AUTO_ARCH = "auto"
 PRETRAINED_ARCH = "mobilenet_v2"
-AUTO_PRETRAINED_MIN_SIZE = 64
+AUTO_PRETRAINED_MIN_SIZE = 32
 #: the defaults of the options left unset, by how the network starts (see TrainConfig.resolve_defaults):
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
 #: (measured in docs/benchmarks.md, "Better models by default")
@@ -50,6 +51,9 @@ SCRATCH_DEFAULTS = dict(epochs=15, lr=1e-3, fine_tune_epochs=0, augment_policy="
 #: from scratch, large data sets get fewer than SCRATCH_DEFAULTS' epochs: about this many training images
 #: in all (9 epochs of Fashion-MNIST's 54,000; within 1,200 CPU-seconds on 2 cores, docs/benchmarks.md)
 SCRATCH_IMAGE_BUDGET = 480_000
+#: from scratch, a run of fewer optimizer steps than this gets the plateau schedule instead of cosine:
+#: on the 480-image quickstart (120 steps) cosine's shrinking steps cost ~0.6 points (docs/benchmarks.md)
+COSINE_MIN_STEPS = 1_000
 PRETRAINED_DEFAULTS = dict(epochs=6, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160,
                            lr_schedule="plateau", label_smoothing=0.0)
 #: how the learning rate moves during a phase: plateau halves it when val_loss stalls; cosine warms up
@@ -156,10 +160,15 @@ class TrainConfig:
     def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
         from pretrained weights; options the user gave are kept. From scratch on `n_train` training
-        images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images."""
+        images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images, and a
+        run of fewer than COSINE_MIN_STEPS steps keeps the plateau schedule."""
         defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
         if self.epochs is None and not pretrained and n_train:
             self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
+        if self.lr_schedule is None and not pretrained and n_train:
+            steps = -(-n_train // self.batch_size) * (self.epochs or defaults["epochs"])
+            if steps < COSINE_MIN_STEPS:
+                self.lr_schedule = "plateau"
         for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "lr_schedule", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:
                 setattr(self, key, defaults[key])

@@ -1,4 +1,4 @@
-"""Issue 14: `--arch auto` (the default) picks a pretrained MobileNetV2 for colour images of 64 px or more
+"""Issue 14: `--arch auto` (the default) picks a pretrained MobileNetV2 for colour images of 32 px or more
 (or when --weights is given) and the cnn otherwise; it says why on stderr, records the choice in
 metadata.json, and stops with the two ways out when the ImageNet weights cannot be downloaded."""
 from __future__ import annotations
@@ -23,7 +23,9 @@ def _dataset(mode: str, width: int, height: int, n: int = 10) -> Dataset:
     ("RGB", 128, 128, None, "mobilenet_v2", "128 px"),
     ("RGB", 640, 480, None, "mobilenet_v2", "480 px"),
     ("RGBA", 64, 64, None, "mobilenet_v2", "64 px"),         # the emoji: colour with alpha
-    ("RGB", 48, 48, None, "cnn", "under 64 px"),
+    ("RGB", 48, 48, None, "mobilenet_v2", "48 px"),
+    ("RGB", 32, 32, None, "mobilenet_v2", "32 px"),          # CIFAR-sized colour
+    ("RGB", 24, 24, None, "cnn", "under 32 px"),
     ("L", 28, 28, None, "cnn", "grayscale"),
     ("LA", 256, 256, None, "cnn", "grayscale"),
     ("RGB", 28, 28, "/some/backbone.weights.h5", "mobilenet_v2", "--weights /some/backbone.weights.h5"),

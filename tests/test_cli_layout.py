@@ -64,8 +64,8 @@ def test_cli_defaults_are_train_configs():
     for option, phrase in (("--epochs", f"default: {S['epochs']} from scratch, fewer when the training images "
                                         f"number over {C.SCRATCH_IMAGE_BUDGET // S['epochs']:,} (about "
                                         f"{C.SCRATCH_IMAGE_BUDGET:,} images in all); {P['epochs']} pretrained"),
-                           ("--lr-schedule", f"(default: {S['lr_schedule']} from scratch, {P['lr_schedule']} "
-                                             "pretrained)"),
+                           ("--lr-schedule", f"(default: {S['lr_schedule']} from scratch, plateau for runs "
+                                             f"under {C.COSINE_MIN_STEPS:,} steps; {P['lr_schedule']} pretrained)"),
                            ("--label-smoothing", f"(default: {S['label_smoothing']:g} from scratch, "
                                                  f"{P['label_smoothing']:g} pretrained)"),
                            ("--lr", f"default: {S['lr']:g} from scratch, {P['lr']:g} pretrained"),

@@ -145,6 +145,24 @@ def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
     assert epochs(None) == 15
 
 
+def test_short_runs_from_scratch_keep_the_plateau_schedule():
+    from imgclf.config import COSINE_MIN_STEPS
+
+    def schedule(n, pretrained=False, **given):
+        cfg = TrainConfig(**given)
+        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        return cfg.lr_schedule
+
+    assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 9 epochs x 844 steps
+    assert schedule(480) == "plateau"                                       # the quickstart: 15 x 8 steps
+    assert schedule(6_000, epochs=3) == "plateau"                           # 3 x 94 steps
+    assert schedule(6_000, epochs=15) == "cosine"                           # 15 x 94 = 1,410 steps
+    assert schedule(COSINE_MIN_STEPS * 64, epochs=1) == "cosine"
+    assert schedule(COSINE_MIN_STEPS * 64 - 64, epochs=1) == "plateau"
+    assert schedule(480, lr_schedule="cosine") == "cosine"                  # given wins
+    assert schedule(480, pretrained=True) == PRETRAINED_DEFAULTS["lr_schedule"]
+
+
 def test_small_image_cnn_has_two_convolutions_at_half_resolution():
     import keras
 
