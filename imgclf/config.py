@@ -163,11 +163,10 @@ class TrainConfig:
         images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images, and a
         run of fewer than COSINE_MIN_STEPS steps keeps the plateau schedule."""
         defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
-        if self.epochs is None and not pretrained and n_train:
-            self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
-        if self.lr_schedule is None and not pretrained and n_train:
-            steps = -(-n_train // self.batch_size) * (self.epochs or defaults["epochs"])
-            if steps < COSINE_MIN_STEPS:
+        if not pretrained and n_train:
+            if self.epochs is None:
+                self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
+            if self.lr_schedule is None and -(-n_train // self.batch_size) * self.epochs < COSINE_MIN_STEPS:
                 self.lr_schedule = "plateau"
         for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "lr_schedule", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:
