@@ -3,17 +3,21 @@
 once from the Debian package's idx files; imgclf's own tf.data pipeline and augmentation layers).
 
     python bench/cnn_recipe_probe.py NAME [arch=cur|dbl2|wide|dbl12|dbl23] [bs=128] [epochs=12]
-        [sched=cosine|plateau] [ls=0.1] [shift=0] [lr=1e-3] [warm=1]
-    python bench/cnn_recipe_probe.py --throughput cur:64 cur:128 dbl2:128 ...
+        [sched=cosine|plateau] [ls=0.1] [shift=0] [flip=none|horizontal] [lr=1e-3] [warm=1] [wd=0]
+        [pol=float32|mixed_bfloat16] [drop=1] [seed=42]
+    python bench/cnn_recipe_probe.py --throughput cur:64 cur:128 dbl2:128 dbl2:256:mixed_bfloat16 ...
 
 Holds out a stratified 10% of the 60,000 training images as validation (seed 42), like `imgclf train`;
 prints validation accuracy and the process's CPU seconds (user + sys, all threads) after every epoch,
-then one JSON line with the final validation and test accuracy. Choose on validation; test is reported.
+then one JSON line with the final validation and test accuracy (and the test accuracy of the mean of each
+image's and its mirror image's probabilities, `test_flip_mean`). Choose on validation; test is reported.
 `--throughput` trains each variant two epochs on 6,144 random images and prints CPU seconds per
-54,000-image epoch (no accuracy): widths and batch sizes measured for CPU throughput.
+54,000-image epoch (no accuracy): widths, batch sizes and precision policies (ARCH:BATCH[:POLICY])
+measured for CPU throughput.
 Architectures: cur = the cnn as it was before issue 14 (28 px: conv 32 | 64 | 128, Flatten, Dense 128);
 dbl2 = a second conv in block 2 (the cnn now); wide = widths 48 | 96 | 192; dbl12, dbl23 = two convs in
-blocks 1-2 or 2-3. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+blocks 1-2 or 2-3. wd = AdamW's decoupled weight decay (0: Adam); pol = Keras' precision policy;
+drop = a factor on every dropout rate; seed = the training seed (the validation split stays seed 42). Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
 """
 import glob
 import gzip
@@ -37,7 +41,7 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 
-def build(name):
+def build(name, drop=1.0):
     import keras
     from keras import layers
 
@@ -55,12 +59,12 @@ def build(name):
             x = layers.Activation("relu")(x)
         if i < len(widths) - 1:
             x = layers.MaxPooling2D()(x)
-            x = layers.Dropout(0.1)(x)
+            x = layers.Dropout(0.1 * drop)(x)
     x = layers.Flatten()(x)
-    x = layers.Dropout(0.3)(x)
+    x = layers.Dropout(0.3 * drop)(x)
     x = layers.Dense(128, activation="relu")(x)
-    x = layers.Dropout(0.3)(x)
-    return keras.Model(inp, layers.Dense(10, activation="softmax")(x))
+    x = layers.Dropout(0.3 * drop)(x)
+    return keras.Model(inp, layers.Dense(10, activation="softmax", dtype="float32")(x))
 
 
 def throughput(specs):
@@ -73,14 +77,15 @@ def throughput(specs):
     x = rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8)
     y = rng.integers(0, 10, n).astype(np.int32)
     for spec in specs:
-        name, bs = spec.split(":")
+        name, bs, *policy = spec.split(":")
+        keras.mixed_precision.set_global_policy(policy[0] if policy else "float32")
         m = build(name)
         m.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
         ds = make_dataset(x, y, int(bs), shuffle=True, seed=1)
         m.fit(ds, epochs=1, verbose=0)
         c0, t0 = cpu(), time.time()
         m.fit(ds, epochs=2, verbose=0)
-        print(f"{name} batch {bs}: {(cpu() - c0) / (2 * n) * 54000:.1f} CPU-s per 54k-image epoch, "
+        print(f"{spec}: {(cpu() - c0) / (2 * n) * 54000:.1f} CPU-s per 54k-image epoch, "
               f"{(time.time() - t0) / (2 * n) * 54000:.1f} s wall, {m.count_params()} parameters", flush=True)
 
 
@@ -107,12 +112,14 @@ def main():
     xtr, ytr = idx(find("train-images"))[..., None], idx(find("train-labels")).astype(np.int32)
     xte, yte = idx(find("t10k-images"))[..., None], idx(find("t10k-labels")).astype(np.int32)
     name = sys.argv[1]
-    o = dict(arch="cur", bs="128", epochs="12", sched="cosine", ls="0.1", shift="0", lr="1e-3", warm="1")
+    o = dict(arch="cur", bs="128", epochs="12", sched="cosine", ls="0.1", shift="0", flip="none", lr="1e-3",
+             warm="1", wd="0", pol="float32", drop="1", seed="42")
     o.update(a.split("=", 1) for a in sys.argv[2:])
     bs, epochs, lr = int(o["bs"]), int(o["epochs"]), float(o["lr"])
     tr, va = train_test_split(np.arange(len(ytr)), test_size=0.1, stratify=ytr, random_state=42)
-    keras.utils.set_random_seed(42)
-    model = build(o["arch"])
+    keras.utils.set_random_seed(int(o["seed"]))
+    keras.mixed_precision.set_global_policy(o["pol"])
+    model = build(o["arch"], float(o["drop"]))
     steps = math.ceil(len(tr) / bs) * epochs
     if o["sched"] == "cosine":
         warm = int(float(o["warm"]) * math.ceil(len(tr) / bs))
@@ -122,9 +129,12 @@ def main():
     else:
         sched = lr
         callbacks = [keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=2, min_lr=lr / 32)]
-    model.compile(keras.optimizers.Adam(sched), training_loss(keras, float(o["ls"])), metrics=["accuracy"])
-    aug = build_augmenter(AugmentConfig(shift=float(o["shift"])), 42) if float(o["shift"]) else None
-    train_ds = make_dataset(xtr[tr], ytr[tr], bs, shuffle=True, seed=42, augment=aug)
+    wd = float(o["wd"])
+    opt = keras.optimizers.AdamW(sched, weight_decay=wd) if wd else keras.optimizers.Adam(sched)
+    model.compile(opt, training_loss(keras, float(o["ls"])), metrics=["accuracy"])
+    acfg = AugmentConfig(shift=float(o["shift"]), flip=o["flip"])
+    aug = build_augmenter(acfg, int(o["seed"])) if acfg.shift or acfg.flip != "none" else None
+    train_ds = make_dataset(xtr[tr], ytr[tr], bs, shuffle=True, seed=int(o["seed"]), augment=aug)
     val_ds, test_ds = make_dataset(xtr[va], ytr[va], 256), make_dataset(xte, yte, 256)
     c0 = cpu()
 
@@ -135,8 +145,12 @@ def main():
 
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=callbacks + [Log()])
     val_acc, test_acc = model.evaluate(val_ds, verbose=0)[1], model.evaluate(test_ds, verbose=0)[1]
+    cpu_s = round(cpu() - c0)
+    # the test set also scored with the mean of the image's and its mirror image's probabilities
+    flipped = np.flip(xte, axis=2)
+    p = model.predict(xte, batch_size=256, verbose=0) + model.predict(flipped, batch_size=256, verbose=0)
     print(json.dumps(dict(name=name, options=o, val=round(val_acc, 4), test=round(test_acc, 4),
-                          cpu_s=round(cpu() - c0))), flush=True)
+                          test_flip_mean=round(float((p.argmax(1) == yte).mean()), 4), cpu_s=cpu_s)), flush=True)
 
 
 if __name__ == "__main__":
