@@ -157,16 +157,18 @@ class TrainConfig:
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
     calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
-    def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
+    def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None, replicas: int = 1) -> None:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
         from pretrained weights; options the user gave are kept. From scratch on `n_train` training
         images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images, and a
-        run of fewer than COSINE_MIN_STEPS steps keeps the plateau schedule."""
+        run of fewer than COSINE_MIN_STEPS optimizer steps keeps the plateau schedule (a step takes
+        `batch_size` images on each of `replicas` replicas)."""
         defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
         if not pretrained and n_train:
             if self.epochs is None:
                 self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
-            if self.lr_schedule is None and -(-n_train // self.batch_size) * self.epochs < COSINE_MIN_STEPS:
+            steps = -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
+            if self.lr_schedule is None and steps < COSINE_MIN_STEPS:
                 self.lr_schedule = "plateau"
         for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "lr_schedule", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:

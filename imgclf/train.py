@@ -130,6 +130,7 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     choice = arch_choice.choose(cfg, splits.train)
     arch = get_architecture(cfg.arch)
     arch.check_weights(cfg.weights)
+    schedule_given = cfg.lr_schedule is not None
     cfg.resolve_defaults(arch.starts_pretrained(cfg.weights), n_train=len(splits.train.samples))
     if not resume and arch_choice.describe(choice):
         reporter.info(arch_choice.describe(choice))
@@ -142,6 +143,11 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
 
     keras = import_keras()
     dist.start()  # before any other TensorFlow op
+    if dist.replicas > 1 and not schedule_given:
+        # the short-run rule counts optimizer steps, and a step takes a batch on every replica
+        cfg.lr_schedule = None
+        cfg.resolve_defaults(arch.starts_pretrained(cfg.weights), n_train=len(splits.train.samples),
+                             replicas=dist.replicas)
     if dist.strategy is not None:
         reporter.info(dist.summary(cfg.batch_size))
     dist.check_same_data(distribute.data_fingerprint(

@@ -183,6 +183,10 @@ def test_mirrored_two_logical_cpus_trains_and_exports(tmp_path, tiny):
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         f"tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * "
         f"{SINGLE_CPU_DEVICES})\n"
+        # 48 training images, 2 epochs: 12 steps of 8 per replica, 6 real steps of the global batch 16;
+        # with the short-run line at 12 the default schedule must be plateau (the real steps count)
+        "import imgclf.config\n"
+        "imgclf.config.COSINE_MIN_STEPS = 12\n"
         "from imgclf.cli import main\n"
         "sys.argv = ['imgclf'] + sys.argv[1:]\n"
         "main()\n")
@@ -195,6 +199,7 @@ def test_mirrored_two_logical_cpus_trains_and_exports(tmp_path, tiny):
     assert meta["distribute"] == {"strategy": "MirroredStrategy", "replicas": 2, "workers": 1,
                                   "per_replica_batch_size": 8, "global_batch_size": 16}
     assert meta["metrics"]["epochs_run"] == 2 and meta["metrics"]["test_accuracy"] >= 0.8
+    assert meta["config"]["lr_schedule"] == "plateau"
     r = cli("export", "colours", "--registry", registry)
     assert r.exit_code == 0, r.output
     assert (registry / "colours" / "1" / "model.onnx").is_file()

@@ -148,9 +148,9 @@ def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
 def test_short_runs_from_scratch_keep_the_plateau_schedule():
     from imgclf.config import COSINE_MIN_STEPS
 
-    def schedule(n, pretrained=False, **given):
+    def schedule(n, pretrained=False, replicas=1, **given):
         cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        cfg.resolve_defaults(pretrained=pretrained, n_train=n, replicas=replicas)
         return cfg.lr_schedule
 
     assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 9 epochs x 844 steps
@@ -159,6 +159,8 @@ def test_short_runs_from_scratch_keep_the_plateau_schedule():
     assert schedule(6_000, epochs=15) == "cosine"                           # 15 x 94 = 1,410 steps
     assert schedule(COSINE_MIN_STEPS * 64, epochs=1) == "cosine"
     assert schedule(COSINE_MIN_STEPS * 64 - 64, epochs=1) == "plateau"
+    assert schedule(5_000) == "cosine"                                      # 15 x 79 = 1,185 steps
+    assert schedule(5_000, replicas=2) == "plateau"                         # 15 x 40: the global batch counts
     assert schedule(480, lr_schedule="cosine") == "cosine"                  # given wins
     assert schedule(480, pretrained=True) == PRETRAINED_DEFAULTS["lr_schedule"]
 
