@@ -104,7 +104,8 @@ def installed_imgclf() -> Path:
 # call (WHEN). The test waits for MARKER, then signals the paused process, so the signal lands exactly there
 # (not "some time after" a fixed delay).
 PAUSE_AT = r"""
-import importlib, os, sys, time
+import faulthandler, importlib, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # `interrupt` asks a child that hangs where it is
 target, marker, when, condition = sys.argv[1:5]
 parts = target.split(".")
 for cut in range(len(parts) - 1, 0, -1):      # the longest importable module, then attributes (a class)
@@ -141,6 +142,23 @@ def start_paused(target: str, marker: Path, *args, when: str = "after", conditio
     return subprocess.Popen([sys.executable, "-c", PAUSE_AT, target, str(marker), when, condition,
                              *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+
+
+def interrupt(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Ctrl-C a child of `start_paused` and wait for it to end; its stderr. A child that does not end in
+    time fails the test with the stacks of all its threads (faulthandler, SIGUSR1), not a bare timeout."""
+    import signal
+    import time
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        err = proc.communicate()[1]
+        raise AssertionError(f"the process did not end within {timeout:.0f} s of Ctrl-C; its threads "
+                             f"and stderr:\n{err[-8000:]}") from None
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

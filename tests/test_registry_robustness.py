@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, cli, error_line, make_tree, start_paused, wait_for
+from conftest import child_env, cli, error_line, make_tree, interrupt, start_paused, wait_for
 
 REQUIRED_FILES = {"model.keras", "metadata.json", "history.csv"}
 
@@ -218,8 +218,7 @@ def test_interrupt_after_one_epoch_then_resume_continues_the_weights(tmp_path, s
     # a run whose process is alive is not resumed a second time
     line = error_line(cli("train", "--resume", run.name, "--registry", registry))
     assert line == f"error: run {run.name} is still in progress (process {proc.pid}); wait for it or stop it first"
-    proc.send_signal(signal.SIGINT)                       # Ctrl-C, while the first epoch is being logged
-    _, err = proc.communicate(timeout=120)
+    err = interrupt(proc)                                 # Ctrl-C, while the first epoch is being logged
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert f"--resume {run.name}" in err and "interrupted after 1 completed epoch(s)" in err
