@@ -106,6 +106,9 @@ def installed_imgclf() -> Path:
 PAUSE_AT = r"""
 import faulthandler, importlib, os, signal, sys, time
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # `interrupt` asks a child that hangs where it is
+# Ctrl-C as in a terminal: a suite started in the background (`cmd &` in a script) hands its children an ignored
+# SIGINT, and Python then leaves it ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 target, marker, when, condition = sys.argv[1:5]
 parts = target.split(".")
 for cut in range(len(parts) - 1, 0, -1):      # the longest importable module, then attributes (a class)
