@@ -4,7 +4,7 @@ once from the Debian package's idx files; imgclf's own tf.data pipeline and augm
 
     python bench/cnn_recipe_probe.py NAME [arch=cur|dbl2|wide|dbl12|dbl23] [bs=128] [epochs=12]
         [sched=cosine|plateau] [ls=0.1] [shift=0] [flip=none|horizontal] [lr=1e-3] [warm=1] [wd=0]
-        [pol=float32|mixed_bfloat16] [drop=1] [seed=42]
+        [pol=float32|mixed_bfloat16] [drop=1] [seed=42] [opt=adam|sgd] [ema=0]
     python bench/cnn_recipe_probe.py --throughput cur:64 cur:128 dbl2:128 dbl2:256:mixed_bfloat16 ...
 
 Holds out a stratified 10% of the 60,000 training images as validation (seed 42), like `imgclf train`;
@@ -17,7 +17,10 @@ measured for CPU throughput.
 Architectures: cur = the cnn as it was before issue 14 (28 px: conv 32 | 64 | 128, Flatten, Dense 128);
 dbl2 = a second conv in block 2 (the cnn now); wide = widths 48 | 96 | 192; dbl12, dbl23 = two convs in
 blocks 1-2 or 2-3. wd = AdamW's decoupled weight decay (0: Adam); pol = Keras' precision policy;
-drop = a factor on every dropout rate; seed = the training seed (the validation split stays seed 42). Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+drop = a factor on every dropout rate; seed = the training seed (the validation split stays seed 42);
+opt = sgd: SGD with Nesterov momentum 0.9 (wd then Keras' weight decay of SGD) instead of Adam(W);
+ema = a momentum for an exponential moving average of the weights (Keras' use_ema; 0: off), whose
+average replaces the weights at the end of training. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
 """
 import glob
 import gzip
@@ -113,7 +116,7 @@ def main():
     xte, yte = idx(find("t10k-images"))[..., None], idx(find("t10k-labels")).astype(np.int32)
     name = sys.argv[1]
     o = dict(arch="cur", bs="128", epochs="12", sched="cosine", ls="0.1", shift="0", flip="none", lr="1e-3",
-             warm="1", wd="0", pol="float32", drop="1", seed="42")
+             warm="1", wd="0", pol="float32", drop="1", seed="42", opt="adam", ema="0")
     o.update(a.split("=", 1) for a in sys.argv[2:])
     bs, epochs, lr = int(o["bs"]), int(o["epochs"]), float(o["lr"])
     tr, va = train_test_split(np.arange(len(ytr)), test_size=0.1, stratify=ytr, random_state=42)
@@ -130,7 +133,13 @@ def main():
         sched = lr
         callbacks = [keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=2, min_lr=lr / 32)]
     wd = float(o["wd"])
-    opt = keras.optimizers.AdamW(sched, weight_decay=wd) if wd else keras.optimizers.Adam(sched)
+    ema = dict(use_ema=True, ema_momentum=float(o["ema"])) if float(o["ema"]) else {}
+    if o["opt"] == "sgd":
+        opt = keras.optimizers.SGD(sched, momentum=0.9, nesterov=True, weight_decay=wd or None, **ema)
+    elif wd:
+        opt = keras.optimizers.AdamW(sched, weight_decay=wd, **ema)
+    else:
+        opt = keras.optimizers.Adam(sched, **ema)
     model.compile(opt, training_loss(keras, float(o["ls"])), metrics=["accuracy"])
     acfg = AugmentConfig(shift=float(o["shift"]), flip=o["flip"])
     aug = build_augmenter(acfg, int(o["seed"])) if acfg.shift or acfg.flip != "none" else None

@@ -8,7 +8,7 @@ DIR holds x.npy (uint8 NHWC) and y.npy, as bench/train_pipeline.py leaves them
 (default /tmp/imgclf-bench/arrays/fmnist-png-28-1500pc). Each run is a new process, 3 epochs, runs
 interleaved; prints each run's epochs, the medians of the steady epochs (2..3), then one JSON line.
 """
-import argparse, json, subprocess, sys, time, os
+import argparse, json, subprocess, sys
 from pathlib import Path
 CHILD = r'''
 import sys, time, json, os

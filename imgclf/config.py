@@ -157,26 +157,34 @@ class TrainConfig:
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
     calibrate: str = "temperature"        # temperature (fitted on the val split) | none
 
-    def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None, replicas: int = 1) -> None:
+    def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
         from pretrained weights; options the user gave are kept. From scratch on `n_train` training
-        images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images, and a
-        run of fewer than COSINE_MIN_STEPS optimizer steps keeps the plateau schedule (a step takes
-        `batch_size` images on each of `replicas` replicas)."""
+        images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images.
+        The learning-rate schedule is left to resolve_schedule (it needs the replica count)."""
         defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
-        if not pretrained and n_train:
-            if self.epochs is None:
-                self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
-            steps = -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
-            if self.lr_schedule is None and steps < COSINE_MIN_STEPS:
-                self.lr_schedule = "plateau"
-        for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "lr_schedule", "label_smoothing"):
+        if not pretrained and n_train and self.epochs is None:
+            self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
+        for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:
                 setattr(self, key, defaults[key])
         if self.augment_policy is None:
             self.augment_policy = defaults["augment_policy"]
             self.augment = AugmentConfig.from_options(self.augment_policy, **self.augment_overrides)
         self.validate()
+
+    def resolve_schedule(self, pretrained: bool, n_train: Optional[int] = None, replicas: int = 1) -> None:
+        """Fill --lr-schedule when the user left it unset (after resolve_defaults, once the number of
+        replicas is known): the default by how the network starts, except that a run from scratch of
+        fewer than COSINE_MIN_STEPS optimizer steps keeps the plateau schedule (a step takes
+        `batch_size` images on each of `replicas` replicas)."""
+        if self.lr_schedule is not None:
+            return
+        self.lr_schedule = (PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS)["lr_schedule"]
+        if not pretrained and n_train:
+            steps = -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
+            if steps < COSINE_MIN_STEPS:
+                self.lr_schedule = "plateau"
 
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:

@@ -130,8 +130,8 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     choice = arch_choice.choose(cfg, splits.train)
     arch = get_architecture(cfg.arch)
     arch.check_weights(cfg.weights)
-    schedule_given = cfg.lr_schedule is not None
-    cfg.resolve_defaults(arch.starts_pretrained(cfg.weights), n_train=len(splits.train.samples))
+    pretrained, n_train = arch.starts_pretrained(cfg.weights), len(splits.train.samples)
+    cfg.resolve_defaults(pretrained, n_train=n_train)
     if not resume and arch_choice.describe(choice):
         reporter.info(arch_choice.describe(choice))
     spec = choose_spec(cfg, arch, splits.train)
@@ -143,11 +143,8 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
 
     keras = import_keras()
     dist.start()  # before any other TensorFlow op
-    if dist.replicas > 1 and not schedule_given:
-        # the short-run rule counts optimizer steps, and a step takes a batch on every replica
-        cfg.lr_schedule = None
-        cfg.resolve_defaults(arch.starts_pretrained(cfg.weights), n_train=len(splits.train.samples),
-                             replicas=dist.replicas)
+    # the short-run rule counts optimizer steps, and a step takes a batch on every replica
+    cfg.resolve_schedule(pretrained, n_train=n_train, replicas=dist.replicas)
     if dist.strategy is not None:
         reporter.info(dist.summary(cfg.batch_size))
     dist.check_same_data(distribute.data_fingerprint(

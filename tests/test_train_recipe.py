@@ -117,10 +117,13 @@ def test_bad_lr_schedule_is_refused_by_the_command_line(tmp_path, colour_data):
 def test_recipe_defaults_by_how_the_network_starts():
     scratch = TrainConfig()
     scratch.resolve_defaults(pretrained=False)
+    assert scratch.lr_schedule is None  # left to resolve_schedule, which knows the replica count
+    scratch.resolve_schedule(pretrained=False)
     assert (scratch.lr_schedule, scratch.label_smoothing) == (SCRATCH_DEFAULTS["lr_schedule"],
                                                               SCRATCH_DEFAULTS["label_smoothing"])
     pre = TrainConfig(lr_schedule="cosine")
     pre.resolve_defaults(pretrained=True)
+    pre.resolve_schedule(pretrained=True)
     assert pre.lr_schedule == "cosine"  # given wins
     assert pre.label_smoothing == PRETRAINED_DEFAULTS["label_smoothing"]
     # a run recorded before these options existed still loads (and gets the defaults on resume)
@@ -150,7 +153,8 @@ def test_short_runs_from_scratch_keep_the_plateau_schedule():
 
     def schedule(n, pretrained=False, replicas=1, **given):
         cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained=pretrained, n_train=n, replicas=replicas)
+        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        cfg.resolve_schedule(pretrained=pretrained, n_train=n, replicas=replicas)
         return cfg.lr_schedule
 
     assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 9 epochs x 844 steps
