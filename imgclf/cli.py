@@ -68,6 +68,16 @@ RegistryOpt = typer.Option(None, "--registry", envvar="IMGCLF_HOME", metavar="DI
                            help="Registry root (default: $IMGCLF_HOME, else a per-user data folder).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr (warnings still show).")
 MODEL_HELP = "NAME, NAME:VERSION, NAME:TAG, latest, or a model path."
+# the augmentation options that `augment` and `train` share (unset: the policy's value)
+FlipOpt = typer.Option(None, help="Mirroring (none for digits and text).")
+RotateOpt = typer.Option(None, help="Max rotation, degrees.")
+ShiftOpt = typer.Option(None, help="Max shift, fraction of the size.")
+ZoomOpt = typer.Option(None, help="Max zoom, fraction.")
+BrightnessOpt = typer.Option(None, help="Max brightness change, fraction.")
+ContrastOpt = typer.Option(None, help="Max contrast change, fraction.")
+HueOpt = typer.Option(None, help="Max hue rotation, fraction of the colour wheel.")
+SaturationOpt = typer.Option(None, help="Max saturation change, fraction.")
+GrayscaleOpt = typer.Option(None, help="Probability of turning an image gray.")
 
 
 def ModelArg(default=..., help: str = MODEL_HELP):  # noqa: N802 (reads like typer.Argument)
@@ -175,15 +185,15 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             per_image: Optional[int] = typer.Option(None, help="New images per original."),
             target_per_class: Optional[int] = typer.Option(None, help="Top each class up to N images."),
             policy: Policy = typer.Option("medium", help="Augmentation policy (the options below override it)."),
-            flip: Optional[Flip] = typer.Option(None, help="Mirroring (none for digits/text)."),
-            rotate: Optional[float] = typer.Option(None, help="Max rotation in degrees."),
-            shift: Optional[float] = typer.Option(None, help="Max shift, fraction of the size."),
-            zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
-            brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
-            contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
-            hue: Optional[float] = typer.Option(None, help="Max hue rotation, fraction of the colour wheel."),
-            saturation: Optional[float] = typer.Option(None, help="Max saturation change, fraction."),
-            grayscale: Optional[float] = typer.Option(None, help="Probability of turning an image gray."),
+            flip: Optional[Flip] = FlipOpt,
+            rotate: Optional[float] = RotateOpt,
+            shift: Optional[float] = ShiftOpt,
+            zoom: Optional[float] = ZoomOpt,
+            brightness: Optional[float] = BrightnessOpt,
+            contrast: Optional[float] = ContrastOpt,
+            hue: Optional[float] = HueOpt,
+            saturation: Optional[float] = SaturationOpt,
+            grayscale: Optional[float] = GrayscaleOpt,
             seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
             mode: SplitMode = typer.Option("copy", help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
@@ -263,15 +273,15 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                               "from scratch, "
                                                                               f"{C.PRETRAINED_DEFAULTS['augment_policy']}"
                                                                               " pretrained)."),
-          flip: Optional[Flip] = typer.Option(None, help="Mirroring (use none for digits and text)."),
-          rotate: Optional[float] = typer.Option(None, help="Max rotation, degrees."),
-          shift: Optional[float] = typer.Option(None, help="Max shift, fraction."),
-          zoom: Optional[float] = typer.Option(None, help="Max zoom, fraction."),
-          brightness: Optional[float] = typer.Option(None, help="Max brightness change, fraction."),
-          contrast: Optional[float] = typer.Option(None, help="Max contrast change, fraction."),
-          hue: Optional[float] = typer.Option(None, help="Max hue rotation, fraction of the colour wheel."),
-          saturation: Optional[float] = typer.Option(None, help="Max saturation change, fraction."),
-          grayscale: Optional[float] = typer.Option(None, help="Probability of turning an image gray."),
+          flip: Optional[Flip] = FlipOpt,
+          rotate: Optional[float] = RotateOpt,
+          shift: Optional[float] = ShiftOpt,
+          zoom: Optional[float] = ZoomOpt,
+          brightness: Optional[float] = BrightnessOpt,
+          contrast: Optional[float] = ContrastOpt,
+          hue: Optional[float] = HueOpt,
+          saturation: Optional[float] = SaturationOpt,
+          grayscale: Optional[float] = GrayscaleOpt,
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
           mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
                                                help="float16 compute (for GPUs); exports stay float32."),
