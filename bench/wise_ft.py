@@ -39,7 +39,6 @@ def _accuracy_sets(args):
 
 def child(args) -> None:
     """Train one seed in this process, then score each mix of the two phases' weights."""
-    import numpy as np
     import typer
 
     from imgclf import runs
@@ -65,7 +64,9 @@ def child(args) -> None:
 
     import keras
 
-    from imgclf.preprocessing import PreprocessingSpec, load_image
+    from imgclf.data.pipeline import decode
+    from imgclf.data.scan import scan
+    from imgclf.preprocessing import PreprocessingSpec
 
     folder = work / "reg" / "m" / "1"
     meta = json.loads((folder / "metadata.json").read_text())
@@ -75,13 +76,10 @@ def child(args) -> None:
     model.load_weights(head_copy)
     head = [w.copy() for w in model.get_weights()]
 
-    def load(root: Path):
-        xs, ys = [], []
-        for i, c in enumerate(names):
-            for f in sorted((root / c).iterdir()):
-                xs.append(load_image(f, spec))
-                ys.append(i)
-        return np.stack(xs), np.array(ys)
+    def load(root: Path):  # as `imgclf evaluate` reads a folder: the model's class order, its preprocessing
+        ds = scan(root, class_names=names)
+        d = decode(ds.paths, ds.labels, spec)
+        return d.pixels, d.labels
 
     data = {k: load(v) for k, v in _accuracy_sets(args).items()}
     for a in args.alphas:
