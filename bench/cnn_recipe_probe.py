@@ -4,7 +4,7 @@ once from the Debian package's idx files; imgclf's own tf.data pipeline and augm
 
     python bench/cnn_recipe_probe.py NAME [arch=cur|dbl2|wide|dbl12|dbl23] [bs=128] [epochs=12]
         [sched=cosine|plateau] [ls=0.1] [shift=0] [flip=none|horizontal] [lr=1e-3] [warm=1] [wd=0]
-        [pol=float32|mixed_bfloat16] [drop=1] [seed=42] [opt=adam|sgd] [ema=0]
+        [pol=float32|mixed_bfloat16] [drop=1] [seed=42] [opt=adam|sgd] [ema=0] [ishift=0]
     python bench/cnn_recipe_probe.py --throughput cur:64 cur:128 dbl2:128 dbl2:256:mixed_bfloat16 ...
 
 Holds out a stratified 10% of the 60,000 training images as validation (seed 42), like `imgclf train`;
@@ -20,7 +20,9 @@ blocks 1-2 or 2-3. wd = AdamW's decoupled weight decay (0: Adam); pol = Keras' p
 drop = a factor on every dropout rate; seed = the training seed (the validation split stays seed 42);
 opt = sgd: SGD with Nesterov momentum 0.9 (wd then Keras' weight decay of SGD) instead of Adam(W);
 ema = a momentum for an exponential moving average of the weights (Keras' use_ema; 0: off), whose
-average replaces the weights at the end of training. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+average replaces the weights at the end of training; ishift = K: each training image moved by a whole
+number of pixels, up to K each way in x and y, zero-filled (no resampling, so no blur; Fashion-MNIST's
+background is 0). Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
 """
 import glob
 import gzip
@@ -92,6 +94,25 @@ def throughput(specs):
               f"{(time.time() - t0) / (2 * n) * 54000:.1f} s wall, {m.count_params()} parameters", flush=True)
 
 
+def integer_shift(k, seed):
+    """A callable on float NHWC batches: each image moved by a whole number of pixels, drawn from
+    -k..k in x and in y, zero-filled (a pad-and-crop, done as one nearest-neighbour affine with
+    integer offsets)."""
+    import keras
+    from keras import ops
+
+    gen = keras.random.SeedGenerator(seed + 1)
+
+    def shift(images, training=True):
+        n = ops.shape(images)[0]
+        t = ops.cast(keras.random.randint((n, 2), -k, k + 1, seed=gen), "float32")
+        one, zero = ops.ones((n,)), ops.zeros((n,))
+        m = ops.stack([one, zero, t[:, 0], zero, one, t[:, 1], zero, zero], axis=1)
+        return ops.image.affine_transform(images, m, interpolation="nearest", fill_mode="constant",
+                                          fill_value=0, data_format="channels_last")
+    return shift
+
+
 def idx(path):
     d = gzip.open(path).read()
     nd = struct.unpack(">I", d[:4])[0] & 255
@@ -116,7 +137,7 @@ def main():
     xte, yte = idx(find("t10k-images"))[..., None], idx(find("t10k-labels")).astype(np.int32)
     name = sys.argv[1]
     o = dict(arch="cur", bs="128", epochs="12", sched="cosine", ls="0.1", shift="0", flip="none", lr="1e-3",
-             warm="1", wd="0", pol="float32", drop="1", seed="42", opt="adam", ema="0")
+             warm="1", wd="0", pol="float32", drop="1", seed="42", opt="adam", ema="0", ishift="0")
     o.update(a.split("=", 1) for a in sys.argv[2:])
     bs, epochs, lr = int(o["bs"]), int(o["epochs"]), float(o["lr"])
     tr, va = train_test_split(np.arange(len(ytr)), test_size=0.1, stratify=ytr, random_state=42)
@@ -143,6 +164,8 @@ def main():
     model.compile(opt, training_loss(keras, float(o["ls"])), metrics=["accuracy"])
     acfg = AugmentConfig(shift=float(o["shift"]), flip=o["flip"])
     aug = build_augmenter(acfg, int(o["seed"])) if acfg.shift or acfg.flip != "none" else None
+    if int(o["ishift"]):
+        aug = integer_shift(int(o["ishift"]), int(o["seed"]))
     train_ds = make_dataset(xtr[tr], ytr[tr], bs, shuffle=True, seed=int(o["seed"]), augment=aug)
     val_ds, test_ds = make_dataset(xtr[va], ytr[va], 256), make_dataset(xte, yte, 256)
     c0 = cpu()

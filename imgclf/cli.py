@@ -72,6 +72,7 @@ MODEL_HELP = "NAME, NAME:VERSION, NAME:TAG, latest, or a model path."
 FlipOpt = typer.Option(None, help="Mirroring (none for digits and text).")
 RotateOpt = typer.Option(None, help="Max rotation, degrees.")
 ShiftOpt = typer.Option(None, help="Max shift, fraction of the size.")
+ShiftPxOpt = typer.Option(None, "--shift-px", help="Max shift in whole pixels, zero-filled (no resampling).")
 ZoomOpt = typer.Option(None, help="Max zoom, fraction.")
 BrightnessOpt = typer.Option(None, help="Max brightness change, fraction.")
 ContrastOpt = typer.Option(None, help="Max contrast change, fraction.")
@@ -188,6 +189,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             flip: Optional[Flip] = FlipOpt,
             rotate: Optional[float] = RotateOpt,
             shift: Optional[float] = ShiftOpt,
+            shift_px: Optional[int] = ShiftPxOpt,
             zoom: Optional[float] = ZoomOpt,
             brightness: Optional[float] = BrightnessOpt,
             contrast: Optional[float] = ContrastOpt,
@@ -203,7 +205,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 
     cfg = C.AugmentConfig.from_options(policy, option="--policy", flip=flip, rotate=rotate, shift=shift, zoom=zoom,
                                        brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
-                                       grayscale=grayscale)
+                                       grayscale=grayscale, shift_px=shift_px)
     rep = _reporter(quiet)
     with rep.progress("augmenting", total=None) as advance:
         result = augment_folder(src, dest, cfg, per_image=per_image, target_per_class=target_per_class,
@@ -276,6 +278,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           flip: Optional[Flip] = FlipOpt,
           rotate: Optional[float] = RotateOpt,
           shift: Optional[float] = ShiftOpt,
+          shift_px: Optional[int] = ShiftPxOpt,
           zoom: Optional[float] = ZoomOpt,
           brightness: Optional[float] = BrightnessOpt,
           contrast: Optional[float] = ContrastOpt,
@@ -305,8 +308,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
 
     if data is None and not resume:
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
-    overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, zoom=zoom, brightness=brightness,
-                                       contrast=contrast, hue=hue, saturation=saturation,
+    overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, shift_px=shift_px, zoom=zoom,
+                                       brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
                                        grayscale=grayscale).items() if v is not None}
     aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,

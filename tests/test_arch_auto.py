@@ -57,7 +57,8 @@ def test_defaults_follow_how_the_network_starts_and_given_options_win():
     scratch = TrainConfig()
     scratch.resolve_defaults(pretrained=False)
     assert (scratch.epochs, scratch.lr, scratch.fine_tune_epochs, scratch.image_size) == (15, 1e-3, 0, None)
-    assert scratch.augment_policy == "none" and not scratch.augment.active
+    assert scratch.augment_policy == "pixel" and scratch.augment.shift_px == 1  # whole-pixel shifts only
+    assert scratch.augment.flip == "none" and scratch.augment.shift == scratch.augment.rotate == 0
 
     pre = TrainConfig(epochs=2, augment_overrides={"flip": "none"})
     pre.resolve_defaults(pretrained=True)

@@ -72,8 +72,8 @@ def test_check_mode_fails_on_a_stale_file(tmp_path, monkeypatch, capsys):
 
 
 def _policy_rows(text: str) -> dict:
-    """| `name` | flip | rotate | shift | zoom | brightness | contrast | hue | saturation | grayscale | rows of
-    docs/augmentation.md."""
+    """| `name` | flip | rotate | shift | zoom | brightness | contrast | hue | saturation | grayscale | shift px |
+    rows of docs/augmentation.md."""
     rows = {}
     for line in text.splitlines():
         m = re.match(r"^\|\s*`(\w+)`\s*\|(.*)\|\s*$", line)
@@ -90,9 +90,9 @@ def test_augmentation_policies_are_documented_with_their_values():
     for name, values in AUGMENT_POLICIES.items():
         cells = rows[name]
         assert cells[0].strip("`") == values["flip"], (name, cells)
-        documented = [float(c.rstrip("°")) for c in cells[1:9]]
+        documented = [float(c.rstrip("°")) for c in cells[1:10]]
         actual = [values[k] for k in ("rotate", "shift", "zoom", "brightness", "contrast", "hue", "saturation",
-                                      "grayscale")]
+                                      "grayscale", "shift_px")]
         assert documented == pytest.approx(actual), f"docs/augmentation.md, policy {name}: {cells} != {values}"
 
 

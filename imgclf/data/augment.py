@@ -34,6 +34,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
     if cfg.flip != "none":
         mode = {"horizontal": "horizontal", "vertical": "vertical", "both": "horizontal_and_vertical"}[cfg.flip]
         ops.append(layers.RandomFlip(mode, seed=seed))
+    if cfg.shift_px > 0:
+        ops.append(_random_pixel_shift_class()(cfg.shift_px, seed=seed + 3, name="random_pixel_shift"))
     if cfg.rotate > 0 or cfg.shift > 0 or cfg.zoom > 0:
         ops.append(_random_affine_class()(cfg.rotate, cfg.shift, cfg.zoom, seed=seed + 1, name="random_affine"))
     if cfg.hue > 0 or cfg.saturation > 0 or cfg.grayscale > 0:
@@ -103,6 +105,50 @@ def _random_affine_class():
 
     _AFFINE = RandomAffine
     return _AFFINE
+
+
+_PIXEL_SHIFT = None
+
+
+def _random_pixel_shift_class():
+    """keras.layers.Layer: per image, move by a whole number of pixels drawn from -k..k in x and in y,
+    filling what comes in with 0 (the classic pad-and-random-crop). No resampling, so no blur: every
+    pixel keeps its value. Defined on first use so that importing this module does not import Keras."""
+    global _PIXEL_SHIFT
+    if _PIXEL_SHIFT is not None:
+        return _PIXEL_SHIFT
+    import keras
+    from keras import ops
+
+    class RandomPixelShift(keras.layers.Layer):
+        def __init__(self, max_px=1, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.max_px = int(max_px)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            dtype = images.dtype
+            n = ops.shape(images)[0]
+            t = ops.cast(keras.random.randint((n, 2), -self.max_px, self.max_px + 1, seed=self.generator),
+                         "float32")
+            one, zero = ops.ones((n,)), ops.zeros((n,))
+            # output pixel (x, y) <- input pixel (x + tx, y + ty): an integer offset, read by nearest neighbour
+            transform = ops.stack([one, zero, t[:, 0], zero, one, t[:, 1], zero, zero], axis=1)
+            out = ops.image.affine_transform(ops.cast(images, "float32"), transform, interpolation="nearest",
+                                             fill_mode="constant", fill_value=0, data_format="channels_last")
+            return ops.cast(out, dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "max_px": self.max_px, "seed": self.seed}
+
+    _PIXEL_SHIFT = RandomPixelShift
+    return _PIXEL_SHIFT
 
 
 _COLOR = None
