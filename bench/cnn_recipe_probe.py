@@ -94,25 +94,6 @@ def throughput(specs):
               f"{(time.time() - t0) / (2 * n) * 54000:.1f} s wall, {m.count_params()} parameters", flush=True)
 
 
-def integer_shift(k, seed):
-    """A callable on float NHWC batches: each image moved by a whole number of pixels, drawn from
-    -k..k in x and in y, zero-filled (a pad-and-crop, done as one nearest-neighbour affine with
-    integer offsets)."""
-    import keras
-    from keras import ops
-
-    gen = keras.random.SeedGenerator(seed + 1)
-
-    def shift(images, training=True):
-        n = ops.shape(images)[0]
-        t = ops.cast(keras.random.randint((n, 2), -k, k + 1, seed=gen), "float32")
-        one, zero = ops.ones((n,)), ops.zeros((n,))
-        m = ops.stack([one, zero, t[:, 0], zero, one, t[:, 1], zero, zero], axis=1)
-        return ops.image.affine_transform(images, m, interpolation="nearest", fill_mode="constant",
-                                          fill_value=0, data_format="channels_last")
-    return shift
-
-
 def idx(path):
     d = gzip.open(path).read()
     nd = struct.unpack(">I", d[:4])[0] & 255
@@ -164,8 +145,9 @@ def main():
     model.compile(opt, training_loss(keras, float(o["ls"])), metrics=["accuracy"])
     acfg = AugmentConfig(shift=float(o["shift"]), flip=o["flip"])
     aug = build_augmenter(acfg, int(o["seed"])) if acfg.shift or acfg.flip != "none" else None
-    if int(o["ishift"]):
-        aug = integer_shift(int(o["ishift"]), int(o["seed"]))
+    if int(o["ishift"]):  # imgclf's --shift-px layer (seeded as the probe's first version, same draws)
+        from imgclf.data.augment import _random_pixel_shift_class
+        aug = _random_pixel_shift_class()(int(o["ishift"]), seed=int(o["seed"]) + 1)
     train_ds = make_dataset(xtr[tr], ytr[tr], bs, shuffle=True, seed=int(o["seed"]), augment=aug)
     val_ds, test_ds = make_dataset(xtr[va], ytr[va], 256), make_dataset(xte, yte, 256)
     c0 = cpu()

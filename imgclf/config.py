@@ -183,7 +183,7 @@ class TrainConfig:
                 setattr(self, key, defaults[key])
         if self.augment_policy is None:
             self.augment_policy = defaults["augment_policy"]
-            if not pretrained and n_train and -(-n_train // self.batch_size) * self.epochs < COSINE_MIN_STEPS:
+            if not pretrained and n_train and self.optimizer_steps(n_train) < COSINE_MIN_STEPS:
                 # a short run from scratch is not long enough to overfit: shifts only slowed it down (on
                 # the quickstart and on 3 epochs of 6,000 Fashion-MNIST images, docs/benchmarks.md)
                 self.augment_policy = "none"
@@ -198,10 +198,12 @@ class TrainConfig:
         if self.lr_schedule is not None:
             return
         self.lr_schedule = (PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS)["lr_schedule"]
-        if not pretrained and n_train:
-            steps = -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
-            if steps < COSINE_MIN_STEPS:
-                self.lr_schedule = "plateau"
+        if not pretrained and n_train and self.optimizer_steps(n_train, replicas) < COSINE_MIN_STEPS:
+            self.lr_schedule = "plateau"
+
+    def optimizer_steps(self, n_train: int, replicas: int = 1) -> int:
+        """Steps of a run of `epochs` over `n_train` images, a step taking `batch_size` on each replica."""
+        return -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
 
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
