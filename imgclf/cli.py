@@ -232,7 +232,11 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                   f" (about {C.SCRATCH_IMAGE_BUDGET:,} images "
                                                                   "in all); "
                                                                   f"{C.PRETRAINED_DEFAULTS['epochs']} pretrained)."),
-          batch_size: int = typer.Option(TRAIN.batch_size, help="Images per batch."),
+          batch_size: Optional[int] = typer.Option(TRAIN.batch_size, help="Images per batch (default: "
+                                                   f"{C.SCRATCH_DEFAULTS['batch_size']}; from scratch "
+                                                   f"{C.SCRATCH_LONG_RUN['batch_size']}, with lr "
+                                                   f"{C.SCRATCH_LONG_RUN['lr']:g}, in runs of "
+                                                   f"{C.COSINE_MIN_STEPS:,} steps or more at that batch)."),
           image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
                                                                          "data for cnn/mlp, "
                                                                          f"{C.PRETRAINED_DEFAULTS['image_size']} "
@@ -242,6 +246,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                      "grayscale)."),
           lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default: "
                                                          f"{C.SCRATCH_DEFAULTS['lr']:g} from scratch, "
+                                                         f"{C.SCRATCH_LONG_RUN['lr']:g} with the long runs' "
+                                                         "default batch (see --batch-size); "
                                                          f"{C.PRETRAINED_DEFAULTS['lr']:g} pretrained)."),
           lr_schedule: Optional[LrSchedule] = typer.Option(
               TRAIN.lr_schedule, "--lr-schedule", help="plateau: halve the rate when val_loss stalls; cosine: "

@@ -50,6 +50,7 @@ def test_the_pixel_policy_is_the_default_from_scratch_except_in_short_runs(tmp_p
 
     short = train(1)  # 2 epochs of 1 step: a short run, no augmentation (and the plateau schedule)
     assert (short["augment_policy"], short["augment"]["shift_px"], short["lr_schedule"]) == ("none", 0, "plateau")
+    assert (short["batch_size"], short["lr"]) == (64, 1e-3)
     monkeypatch.setattr(imgclf.config, "COSINE_MIN_STEPS", 2)  # now 2 steps are a long run
     import imgclf.train
 
@@ -61,11 +62,13 @@ def test_the_pixel_policy_is_the_default_from_scratch_except_in_short_runs(tmp_p
     # the training split (and only it) went through the shift layer
     assert [[layer.name for layer in aug.layers] for aug in augmenters if aug is not None] == [["random_pixel_shift"]]
     assert (config["augment_policy"], config["lr_schedule"]) == ("pixel", "cosine")
+    assert (config["batch_size"], config["lr"]) == (128, 2e-3)  # long even at batch 128: 2 epochs of 1 step
     assert config["augment"] == {"flip": "none", "rotate": 0.0, "shift": 0.0, "zoom": 0.0, "brightness": 0.0,
                                  "contrast": 0.0, "hue": 0.0, "saturation": 0.0, "grayscale": 0.0,
                                  "shift_px": 1}
     given = train(3, "--augment", "none")
     assert given["augment_policy"] == "none" and given["augment"]["shift_px"] == 0  # what the user says wins
+    assert (train(4, "--batch-size", "4")["batch_size"], train(5, "--lr", "0.01")["lr"]) == (4, 0.01)
 
 
 def test_offline_shift_px_writes_moved_copies(tmp_path):

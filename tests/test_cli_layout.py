@@ -54,13 +54,14 @@ def test_cli_defaults_are_train_configs():
 
     text = re.sub(r"\s+", " ", cli("train", "--help").stdout)
     d = TrainConfig()
-    for option, value in (("--batch-size", d.batch_size), ("--patience", d.patience), ("--val-split", d.val_split),
-                          ("--arch", d.arch)):
+    for option, value in (("--patience", d.patience), ("--val-split", d.val_split), ("--arch", d.arch)):
         assert re.search(re.escape(option) + r" <[^>]*>.*?\[default: " + re.escape(str(value)) + r"\]", text), option
     # issue 14: these depend on how the network starts (config.SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS)
     from imgclf import config as C
     from imgclf.config import PRETRAINED_DEFAULTS as P, SCRATCH_DEFAULTS as S
     assert d.epochs is None and d.lr is None and d.fine_tune_epochs is None and d.augment_policy is None
+    assert d.batch_size is None
+    L = C.SCRATCH_LONG_RUN
     for option, phrase in (("--epochs", f"default: {S['epochs']} from scratch, fewer when the training images "
                                         f"number over {C.SCRATCH_IMAGE_BUDGET // S['epochs']:,} (about "
                                         f"{C.SCRATCH_IMAGE_BUDGET:,} images in all); {P['epochs']} pretrained"),
@@ -68,7 +69,11 @@ def test_cli_defaults_are_train_configs():
                                              f"under {C.COSINE_MIN_STEPS:,} steps; {P['lr_schedule']} pretrained)"),
                            ("--label-smoothing", f"(default: {S['label_smoothing']:g} from scratch, "
                                                  f"{P['label_smoothing']:g} pretrained)"),
-                           ("--lr", f"default: {S['lr']:g} from scratch, {P['lr']:g} pretrained"),
+                           ("--lr", f"default: {S['lr']:g} from scratch, {L['lr']:g} with the long runs' default "
+                                    f"batch (see --batch-size); {P['lr']:g} pretrained"),
+                           ("--batch-size", f"(default: {S['batch_size']}; from scratch {L['batch_size']}, with lr "
+                                            f"{L['lr']:g}, in runs of {C.COSINE_MIN_STEPS:,} steps or more at that "
+                                            "batch)"),
                            ("--fine-tune-epochs", f"default {P['fine_tune_epochs']}"),
                            ("--augment", f"default: {S['augment_policy']} from scratch, "
                                          f"{P['augment_policy']} pretrained")):

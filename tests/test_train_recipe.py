@@ -141,7 +141,7 @@ def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
         return cfg.epochs
 
     assert epochs(480) == SCRATCH_DEFAULTS["epochs"] == 15    # the quickstart: all 15
-    assert epochs(54_000) == 10 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
+    assert epochs(54_000) == 11 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
     assert epochs(10_000_000) == 1
     assert epochs(54_000, epochs=20) == 20                    # given wins
     assert epochs(54_000, pretrained=True) == PRETRAINED_DEFAULTS["epochs"]  # head epochs: not shrunk
@@ -167,6 +167,29 @@ def test_short_runs_from_scratch_keep_the_plateau_schedule():
     assert schedule(5_000, replicas=2) == "plateau"                         # 15 x 40: the global batch counts
     assert schedule(480, lr_schedule="cosine") == "cosine"                  # given wins
     assert schedule(480, pretrained=True) == PRETRAINED_DEFAULTS["lr_schedule"]
+
+
+def test_long_runs_from_scratch_get_the_larger_batch_and_its_learning_rate():
+    from imgclf.config import COSINE_MIN_STEPS, SCRATCH_LONG_RUN
+
+    def batch_lr(n, pretrained=False, **given):
+        cfg = TrainConfig(**given)
+        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        return cfg.batch_size, cfg.lr
+
+    big, default = (SCRATCH_LONG_RUN["batch_size"], SCRATCH_LONG_RUN["lr"]), (64, SCRATCH_DEFAULTS["lr"])
+    assert big == (128, 2e-3) and SCRATCH_DEFAULTS["batch_size"] == 64
+    assert batch_lr(54_000) == big                              # Fashion-MNIST: 11 epochs x 422 steps of 128
+    assert batch_lr(480) == default                             # the quickstart
+    assert batch_lr(6_000, epochs=3) == default                 # 3 epochs on 6,000 images
+    assert batch_lr(6_000, epochs=15) == default                # 15 x 47 steps of 128: long at 64 only
+    # the line: COSINE_MIN_STEPS steps at the larger batch
+    assert batch_lr(COSINE_MIN_STEPS * 128, epochs=1) == big
+    assert batch_lr(COSINE_MIN_STEPS * 128 - 128, epochs=1) == default
+    assert batch_lr(54_000, lr=5e-4) == (128, 5e-4)             # a given lr wins
+    assert batch_lr(54_000, batch_size=32) == (32, SCRATCH_DEFAULTS["lr"])  # a given batch keeps lr 1e-3
+    assert batch_lr(54_000, pretrained=True) == (PRETRAINED_DEFAULTS["batch_size"], PRETRAINED_DEFAULTS["lr"])
+    assert batch_lr(None) == default
 
 
 def test_small_image_cnn_has_two_convolutions_at_half_resolution():
