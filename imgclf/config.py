@@ -67,8 +67,8 @@ SCRATCH_IMAGE_BUDGET = 594_000
 #: (on the 480-image quickstart, 120 steps, cosine's shrinking steps cost ~0.6 points) and no augmentation
 #: instead of the `pixel` policy (counted at one replica: batch_size images a step; docs/benchmarks.md)
 COSINE_MIN_STEPS = 1_000
-PRETRAINED_DEFAULTS = dict(epochs=6, batch_size=64, lr=1e-3, fine_tune_epochs=4, augment_policy="medium", image_size=160,
-                           lr_schedule="plateau", label_smoothing=0.0)
+PRETRAINED_DEFAULTS = dict(epochs=6, batch_size=64, lr=1e-3, fine_tune_epochs=4, augment_policy="medium",
+                           image_size=160, lr_schedule="plateau", label_smoothing=0.0)
 #: how the learning rate moves during a phase: plateau halves it when val_loss stalls; cosine warms up
 #: over the first epoch (from lr/10) and then follows a cosine down to 0 at the phase's last epoch
 LR_SCHEDULES = ("plateau", "cosine")
