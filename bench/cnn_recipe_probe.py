@@ -4,7 +4,7 @@ once from the Debian package's idx files; imgclf's own tf.data pipeline and augm
 
     python bench/cnn_recipe_probe.py NAME [arch=cur|dbl2|wide|dbl12|dbl23] [bs=128] [epochs=12]
         [sched=cosine|plateau] [ls=0.1] [shift=0] [flip=none|horizontal] [lr=1e-3] [warm=1] [wd=0]
-        [pol=float32|mixed_bfloat16] [drop=1] [seed=42] [opt=adam|sgd] [ema=0] [ishift=0]
+        [pol=float32|mixed_bfloat16] [drop=1] [seed=42] [opt=adam|sgd] [ema=0] [ishift=0] [erase=0]
     python bench/cnn_recipe_probe.py --throughput cur:64 cur:128 dbl2:128 dbl2:256:mixed_bfloat16 ...
 
 Holds out a stratified 10% of the 60,000 training images as validation (seed 42), like `imgclf train`;
@@ -22,7 +22,9 @@ opt = sgd: SGD with Nesterov momentum 0.9 (wd then Keras' weight decay of SGD) i
 ema = a momentum for an exponential moving average of the weights (Keras' use_ema; 0: off), whose
 average replaces the weights at the end of training; ishift = K: each training image moved by a whole
 number of pixels, up to K each way in x and y, zero-filled (no resampling, so no blur; Fashion-MNIST's
-background is 0). Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+background is 0); erase = P: random erasing (Zhong et al. 2017) after the shift: with probability P each
+training image gets one rectangle of area U(2%, 40%) of the image and aspect U(0.3, 3.3) at a random place
+filled with uniform noise 0-255. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
 """
 import glob
 import gzip
@@ -101,6 +103,28 @@ def idx(path):
     return np.frombuffer(d[4 + 4 * nd:], np.uint8).reshape(dims)
 
 
+def random_erasing(keras, p, seed):
+    """With probability p per image, one rectangle (area U(0.02, 0.4) of the image, aspect U(0.3, 3.3),
+    at a uniform place, clipped at the border) filled with uniform noise 0-255; float32 NHWC 0-255 batches."""
+    from keras import ops
+    gen = keras.random.SeedGenerator(seed)
+
+    def erase(x):
+        n, h, w = ops.shape(x)[0], x.shape[1], x.shape[2]
+        area = keras.random.uniform((n, 1, 1), 0.02, 0.4, seed=gen) * (h * w)
+        aspect = ops.exp(keras.random.uniform((n, 1, 1), math.log(0.3), math.log(1 / 0.3), seed=gen))
+        eh, ew = ops.minimum(ops.sqrt(area * aspect), h), ops.minimum(ops.sqrt(area / aspect), w)
+        y0 = keras.random.uniform((n, 1, 1), 0, 1, seed=gen) * (h - eh)
+        x0 = keras.random.uniform((n, 1, 1), 0, 1, seed=gen) * (w - ew)
+        yy = ops.reshape(ops.arange(h, dtype="float32"), (1, h, 1))
+        xx = ops.reshape(ops.arange(w, dtype="float32"), (1, 1, w))
+        on = ops.cast(keras.random.uniform((n, 1, 1), 0, 1, seed=gen) < p, "float32")
+        box = ops.cast((yy >= y0) & (yy < y0 + eh) & (xx >= x0) & (xx < x0 + ew), "float32") * on
+        noise = keras.random.uniform(ops.shape(x), 0, 255, seed=gen)
+        return x * (1 - box[..., None]) + noise * box[..., None]
+    return erase
+
+
 def main():
     if sys.argv[1:2] == ["--throughput"]:
         return throughput(sys.argv[2:])
@@ -118,7 +142,7 @@ def main():
     xte, yte = idx(find("t10k-images"))[..., None], idx(find("t10k-labels")).astype(np.int32)
     name = sys.argv[1]
     o = dict(arch="cur", bs="128", epochs="12", sched="cosine", ls="0.1", shift="0", flip="none", lr="1e-3",
-             warm="1", wd="0", pol="float32", drop="1", seed="42", opt="adam", ema="0", ishift="0")
+             warm="1", wd="0", pol="float32", drop="1", seed="42", opt="adam", ema="0", ishift="0", erase="0")
     o.update(a.split("=", 1) for a in sys.argv[2:])
     bs, epochs, lr = int(o["bs"]), int(o["epochs"]), float(o["lr"])
     tr, va = train_test_split(np.arange(len(ytr)), test_size=0.1, stratify=ytr, random_state=42)
@@ -148,6 +172,12 @@ def main():
     if int(o["ishift"]):  # imgclf's --shift-px layer (seeded as the probe's first version, same draws)
         from imgclf.data.augment import _random_pixel_shift_class
         aug = _random_pixel_shift_class()(int(o["ishift"]), seed=int(o["seed"]) + 1)
+    if float(o["erase"]):
+        shift_aug = aug
+        erase = random_erasing(keras, float(o["erase"]), int(o["seed"]) + 2)
+
+        def aug(x, training=True):
+            return erase(shift_aug(x, training=True) if shift_aug is not None else x)
     train_ds = make_dataset(xtr[tr], ytr[tr], bs, shuffle=True, seed=int(o["seed"]), augment=aug)
     val_ds, test_ds = make_dataset(xtr[va], ytr[va], 256), make_dataset(xte, yte, 256)
     c0 = cpu()
