@@ -141,7 +141,7 @@ def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
         return cfg.epochs
 
     assert epochs(480) == SCRATCH_DEFAULTS["epochs"] == 15    # the quickstart: all 15
-    assert epochs(54_000) == 11 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
+    assert epochs(54_000) == 12 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
     assert epochs(10_000_000) == 1
     assert epochs(54_000, epochs=20) == 20                    # given wins
     assert epochs(54_000, pretrained=True) == PRETRAINED_DEFAULTS["epochs"]  # head epochs: not shrunk
@@ -157,7 +157,7 @@ def test_short_runs_from_scratch_keep_the_plateau_schedule():
         cfg.resolve_schedule(pretrained=pretrained, n_train=n, replicas=replicas)
         return cfg.lr_schedule
 
-    assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 9 epochs x 844 steps
+    assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 12 epochs x 422 steps
     assert schedule(480) == "plateau"                                       # the quickstart: 15 x 8 steps
     assert schedule(6_000, epochs=3) == "plateau"                           # 3 x 94 steps
     assert schedule(6_000, epochs=15) == "cosine"                           # 15 x 94 = 1,410 steps
@@ -179,7 +179,7 @@ def test_long_runs_from_scratch_get_the_larger_batch_and_its_learning_rate():
 
     big, default = (SCRATCH_LONG_RUN["batch_size"], SCRATCH_LONG_RUN["lr"]), (64, SCRATCH_DEFAULTS["lr"])
     assert big == (128, 2e-3) and SCRATCH_DEFAULTS["batch_size"] == 64
-    assert batch_lr(54_000) == big                              # Fashion-MNIST: 11 epochs x 422 steps of 128
+    assert batch_lr(54_000) == big                              # Fashion-MNIST: 12 epochs x 422 steps of 128
     assert batch_lr(480) == default                             # the quickstart
     assert batch_lr(6_000, epochs=3) == default                 # 3 epochs on 6,000 images
     assert batch_lr(6_000, epochs=15) == default                # 15 x 47 steps of 128: long at 64 only
