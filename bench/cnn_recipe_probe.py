@@ -23,8 +23,8 @@ ema = a momentum for an exponential moving average of the weights (Keras' use_em
 average replaces the weights at the end of training; ishift = K: each training image moved by a whole
 number of pixels, up to K each way in x and y, zero-filled (no resampling, so no blur; Fashion-MNIST's
 background is 0); erase = P: random erasing (Zhong et al. 2017) after the shift: with probability P each
-training image gets one rectangle of area U(2%, 40%) of the image and aspect U(0.3, 3.3) at a random place
-filled with uniform noise 0-255. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+training image gets one rectangle of area U(2%, 40%) of the image and aspect log-uniform in (0.3, 3.3) at a
+random place filled with uniform noise 0-255. Source: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
 """
 import glob
 import gzip
@@ -104,8 +104,9 @@ def idx(path):
 
 
 def random_erasing(keras, p, seed):
-    """With probability p per image, one rectangle (area U(0.02, 0.4) of the image, aspect U(0.3, 3.3),
-    at a uniform place, clipped at the border) filled with uniform noise 0-255; float32 NHWC 0-255 batches."""
+    """With probability p per image, one rectangle (area U(0.02, 0.4) of the image, aspect log-uniform in
+    (0.3, 3.3), at a uniform place, clipped at the border) filled with uniform noise 0-255; float32 NHWC 0-255
+    batches."""
     from keras import ops
     gen = keras.random.SeedGenerator(seed)
 

@@ -61,7 +61,7 @@ SCRATCH_DEFAULTS = dict(epochs=15, batch_size=64, lr=1e-3, fine_tune_epochs=0, a
 SCRATCH_LONG_RUN = dict(batch_size=128, lr=2e-3)
 #: from scratch, large data sets get fewer than SCRATCH_DEFAULTS' epochs: about this many training images
 #: in all (12 epochs of Fashion-MNIST's 54,000 at SCRATCH_LONG_RUN's batch; ~1,160-1,215 CPU-seconds on
-#: 2 cores, 94.15-94.17% test; docs/benchmarks.md)
+#: 2 cores, 93.84-94.17% test over three seeds; docs/benchmarks.md)
 SCRATCH_IMAGE_BUDGET = 648_000
 #: from scratch, a run of fewer optimizer steps than this gets the plateau schedule instead of cosine
 #: (on the 480-image quickstart, 120 steps, cosine's shrinking steps cost ~0.6 points) and no augmentation
