@@ -79,6 +79,8 @@ ContrastOpt = typer.Option(None, help="Max contrast change, fraction.")
 HueOpt = typer.Option(None, help="Max hue rotation, fraction of the colour wheel.")
 SaturationOpt = typer.Option(None, help="Max saturation change, fraction.")
 GrayscaleOpt = typer.Option(None, help="Probability of turning an image gray.")
+RandconvOpt = typer.Option(None, help="Probability of restyling an image by a random convolution (texture, "
+                                      "shading, colours; shapes kept).")
 
 
 def ModelArg(default=..., help: str = MODEL_HELP):  # noqa: N802 (reads like typer.Argument)
@@ -196,6 +198,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             hue: Optional[float] = HueOpt,
             saturation: Optional[float] = SaturationOpt,
             grayscale: Optional[float] = GrayscaleOpt,
+            randconv: Optional[float] = RandconvOpt,
             seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
             mode: SplitMode = typer.Option("copy", help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
@@ -205,7 +208,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 
     cfg = C.AugmentConfig.from_options(policy, option="--policy", flip=flip, rotate=rotate, shift=shift, zoom=zoom,
                                        brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
-                                       grayscale=grayscale, shift_px=shift_px)
+                                       grayscale=grayscale, shift_px=shift_px, randconv=randconv)
     rep = _reporter(quiet)
     with rep.progress("augmenting", total=None) as advance:
         result = augment_folder(src, dest, cfg, per_image=per_image, target_per_class=target_per_class,
@@ -291,6 +294,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           hue: Optional[float] = HueOpt,
           saturation: Optional[float] = SaturationOpt,
           grayscale: Optional[float] = GrayscaleOpt,
+          randconv: Optional[float] = RandconvOpt,
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
           mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
                                                help="float16 compute (for GPUs); exports stay float32."),
@@ -316,7 +320,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
     overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, shift_px=shift_px, zoom=zoom,
                                        brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
-                                       grayscale=grayscale).items() if v is not None}
+                                       grayscale=grayscale, randconv=randconv).items() if v is not None}
     aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
                         lr=lr, lr_schedule=lr_schedule, label_smoothing=label_smoothing, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,

@@ -14,11 +14,11 @@ from conftest import REPO, child_env, cli, error_line, run_imgclf
 
 CHOICES = {
     ("train", "--arch"): ["auto", "cnn", "mlp", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
-    ("train", "--augment"): ["none", "pixel", "light", "medium", "heavy"],
+    ("train", "--augment"): ["none", "pixel", "light", "medium", "style", "heavy"],
     ("train", "--flip"): ["none", "horizontal", "vertical", "both"],
     ("train", "--class-weight"): ["none", "auto"],
     ("split", "--mode"): ["copy", "symlink", "hardlink"],
-    ("augment", "--policy"): ["none", "pixel", "light", "medium", "heavy"],
+    ("augment", "--policy"): ["none", "pixel", "light", "medium", "style", "heavy"],
     ("evaluate", "--backend"): ["auto", "keras", "onnx"],
     ("predict", "--backend"): ["auto", "keras", "onnx"],
     ("predict", "--format"): ["table", "json", "jsonl", "csv"],

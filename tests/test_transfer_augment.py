@@ -245,7 +245,7 @@ def test_flip_none_overrides_the_policy_and_bad_values_are_refused(tmp_path):
         r = cli("train", tmp_path, option, value)
         assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr, r.stderr
     # the library names the option the user typed
-    with pytest.raises(UsageError, match="--policy must be one of none, pixel, light, medium, heavy, got 'extreme'"):
+    with pytest.raises(UsageError, match="--policy must be one of none, pixel, light, medium, style, heavy, got 'extreme'"):
         AugmentConfig.from_options("extreme", option="--policy")
     with pytest.raises(UsageError, match="--flip must be one of"):
         AugmentConfig.from_options("none", flip="sideways")

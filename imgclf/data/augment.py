@@ -44,6 +44,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
         ops.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if cfg.contrast > 0:
         ops.append(layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 5))
+    if cfg.randconv > 0:
+        ops.append(_random_conv_class()(cfg.randconv, seed=seed + 6, name="random_conv"))
     return keras.Sequential(ops, name="augmentation")
 
 
@@ -212,6 +214,63 @@ def _random_color_class():
 
     _COLOR = RandomColor
     return _COLOR
+
+
+_RANDCONV = None
+
+
+def _random_conv_class():
+    """keras.layers.Layer: RandConv (Xu et al., "Robust and Generalizable Visual Representation Learning via
+    Random Convolutions", ICLR 2021), the mixing variant. Once per batch a random convolution is drawn: a
+    k x k kernel, k one of 1, 3, 5, 7, weights from N(0, 1 / (k * k * channels)), channels in = out. Each
+    image is, with probability `p`, replaced by alpha * image + (1 - alpha) * conv(image), alpha ~ U(0, 1) per
+    image, on pixels scaled to [-1, 1] and clipped back to 0..255 (edges padded by mirroring). A random
+    convolution changes local texture, shading and colours and keeps shapes: a drawing-style or texture
+    shift between training images and the ones a model will see. Defined on first use so that importing this
+    module does not import Keras."""
+    global _RANDCONV
+    if _RANDCONV is not None:
+        return _RANDCONV
+    import keras
+    from keras import ops
+
+    max_k = 7
+
+    class RandomConv(keras.layers.Layer):
+        def __init__(self, p=0.5, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.p, self.seed = float(p), seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            c = images.shape[-1]
+            x = ops.cast(images, "float32")
+            n = ops.shape(x)[0]
+            apply = ops.reshape(keras.random.uniform((n,), 0.0, 1.0, seed=self.generator) < self.p, (-1, 1, 1, 1))
+            z = x / 127.5 - 1.0
+            k = ops.take(ops.convert_to_tensor([1.0, 3.0, 5.0, 7.0]),
+                         ops.cast(keras.random.uniform((), 0.0, 4.0, seed=self.generator), "int32"))
+            # a k x k kernel inside a fixed 7 x 7 one (static shapes): taps outside the centre k x k are 0
+            r = ops.abs(ops.arange(max_k, dtype="float32") - (max_k - 1) / 2)
+            inside = ops.cast(r <= (k - 1.0) / 2.0, "float32")
+            mask = ops.reshape(inside[:, None] * inside[None, :], (max_k, max_k, 1, 1))
+            w = keras.random.normal((max_k, max_k, c, c), seed=self.generator) * mask / ops.sqrt(k * k * c)
+            h = max_k // 2
+            out = ops.conv(ops.pad(z, ((0, 0), (h, h), (h, h), (0, 0)), mode="symmetric"), w, padding="valid")
+            a = keras.random.uniform((n, 1, 1, 1), 0.0, 1.0, seed=self.generator)
+            styled = (ops.clip(a * z + (1.0 - a) * out, -1.0, 1.0) + 1.0) * 127.5
+            return ops.cast(ops.where(apply, styled, x), images.dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "p": self.p, "seed": self.seed}
+
+    _RANDCONV = RandomConv
+    return _RANDCONV
 
 
 def _output_name(src_file: Path, k: int) -> str:
