@@ -58,6 +58,8 @@ def test_randconv_works_on_grayscale_images():
     x = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 1)).astype("float32")
     y = _augment(x, randconv=1.0)
     assert y.shape == x.shape and not np.array_equal(y, x) and 0 <= y.min() and y.max() <= 255
+    tiny = np.full((1, 2, 2, 3), 100.0, dtype="float32")  # too small to pad by mirroring: left as it is
+    assert np.array_equal(_augment(tiny, randconv=1.0), tiny)
 
 
 def test_the_style_policy_is_medium_plus_randconv_and_the_pretrained_default():

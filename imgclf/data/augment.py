@@ -243,8 +243,9 @@ def _random_conv_class():
             self.generator = keras.random.SeedGenerator(seed)
 
         def call(self, images, training=True):
-            if not training:
-                return images
+            h = max_k // 2
+            if not training or any(d is not None and d < h for d in images.shape[1:3]):
+                return images  # (mirrored padding needs a side of at least 3 px)
             c = images.shape[-1]
             x = ops.cast(images, "float32")
             n = ops.shape(x)[0]
@@ -257,7 +258,6 @@ def _random_conv_class():
             inside = ops.cast(r <= (k - 1.0) / 2.0, "float32")
             mask = ops.reshape(inside[:, None] * inside[None, :], (max_k, max_k, 1, 1))
             w = keras.random.normal((max_k, max_k, c, c), seed=self.generator) * mask / ops.sqrt(k * k * c)
-            h = max_k // 2
             out = ops.conv(ops.pad(z, ((0, 0), (h, h), (h, h), (0, 0)), mode="symmetric"), w, padding="valid")
             a = keras.random.uniform((n, 1, 1, 1), 0.0, 1.0, seed=self.generator)
             styled = (ops.clip(a * z + (1.0 - a) * out, -1.0, 1.0) + 1.0) * 127.5
