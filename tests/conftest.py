@@ -228,6 +228,18 @@ def noisy(mode: str, size=(16, 16), base=None, rng=None, spread: float = 25.0) -
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode)
 
 
+def assert_augment_option_refused(tmp_path: Path, option: str, value: str, message: str) -> None:
+    """A bad augmentation option is refused by both `train` and `augment`: exit 2, `message` as the one error
+    line, and neither the registry nor the destination folder created."""
+    make_tree(tmp_path / "raw", {"red": 2, "green": 2}, size=(8, 8))
+    for args in (("train", tmp_path / "raw", "--registry", tmp_path / "reg"),
+                 ("augment", tmp_path / "raw", tmp_path / "out", "--per-image", "1")):
+        r = cli(*args, option, value)
+        assert r.exit_code == 2, r.output
+        assert error_line(r) == message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reg").exists()
+
+
 def make_tree(root: Path, counts: Dict[str, int], mode: str = "RGB", size=(16, 16), seed: int = 0,
               ext: str = ".png") -> Path:
     """root/<class>/img_NNN<ext>. Classes are easy to tell apart: colours (red/green/blue) in RGB, brightness

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli, error_line, make_tree
+from conftest import assert_augment_option_refused, cli, make_tree
 
 
 def _augment(x, seed=3, **ops):
@@ -81,13 +81,7 @@ def test_colour_ops_leave_grayscale_images_alone():
     ("--grayscale", "1.5", "error: --grayscale must be between 0.0 and 1.0, got 1.5"),
 ])
 def test_bad_colour_values_are_refused_with_one_line(tmp_path, option, value, message):
-    make_tree(tmp_path / "raw", {"red": 2, "green": 2}, size=(8, 8))
-    for args in (("train", tmp_path / "raw", "--registry", tmp_path / "reg"),
-                 ("augment", tmp_path / "raw", tmp_path / "out", "--per-image", "1")):
-        r = cli(*args, option, value)
-        assert r.exit_code == 2, r.output
-        assert error_line(r) == message
-    assert not (tmp_path / "out").exists() and not (tmp_path / "reg").exists()
+    assert_augment_option_refused(tmp_path, option, value, message)
 
 
 def test_offline_grayscale_and_hue_write_recoloured_files(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli, error_line, make_tree
+from conftest import assert_augment_option_refused, cli, make_tree
 
 
 def _offset(original: np.ndarray, moved: np.ndarray, k: int):
@@ -88,10 +88,5 @@ def test_offline_shift_px_writes_moved_copies(tmp_path):
 
 @pytest.mark.parametrize("value", ["-1", "65"])
 def test_bad_shift_px_is_refused_with_one_line(tmp_path, value):
-    make_tree(tmp_path / "raw", {"red": 2, "green": 2}, size=(8, 8))
-    for args in (("train", tmp_path / "raw", "--registry", tmp_path / "reg"),
-                 ("augment", tmp_path / "raw", tmp_path / "out", "--per-image", "1")):
-        r = cli(*args, "--shift-px", value)
-        assert r.exit_code == 2, r.output
-        assert error_line(r) == f"error: --shift-px must be a whole number from 0 to 64, got {value}"
-    assert not (tmp_path / "out").exists() and not (tmp_path / "reg").exists()
+    assert_augment_option_refused(tmp_path, "--shift-px", value,
+                                  f"error: --shift-px must be a whole number from 0 to 64, got {value}")

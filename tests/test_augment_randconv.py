@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli, error_line, make_tree
+from conftest import assert_augment_option_refused, cli, make_tree
 
 
 def _augment(x, seed=3, **ops):
@@ -74,13 +74,8 @@ def test_the_style_policy_is_medium_plus_randconv_and_the_pretrained_default():
 
 @pytest.mark.parametrize("value", ["1.5", "-0.2"])
 def test_bad_randconv_is_refused_with_one_line(tmp_path, value):
-    make_tree(tmp_path / "raw", {"red": 2, "green": 2}, size=(8, 8))
-    for args in (("train", tmp_path / "raw", "--registry", tmp_path / "reg"),
-                 ("augment", tmp_path / "raw", tmp_path / "out", "--per-image", "1")):
-        r = cli(*args, "--randconv", value)
-        assert r.exit_code == 2, r.output
-        assert error_line(r) == f"error: --randconv must be between 0.0 and 1.0, got {float(value)}"
-    assert not (tmp_path / "out").exists() and not (tmp_path / "reg").exists()
+    assert_augment_option_refused(tmp_path, "--randconv", value,
+                                  f"error: --randconv must be between 0.0 and 1.0, got {float(value)}")
 
 
 def test_offline_randconv_writes_restyled_files_and_training_records_it(tmp_path):
