@@ -296,6 +296,11 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           grayscale: Optional[float] = GrayscaleOpt,
           randconv: Optional[float] = RandconvOpt,
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
+          memory: Optional[float] = typer.Option(
+              TRAIN.memory, help="Weight, 0 to 1, of a vote of the most similar training images (their features "
+              "are stored in the model) blended with the classifier's answer; 0 = off (default: "
+              f"{C.PRETRAINED_DEFAULTS['memory']:g} pretrained, up to {C.MEMORY_MAX_IMAGES:,} training images; "
+              f"{C.SCRATCH_DEFAULTS['memory']:g} from scratch)."),
           mixed_precision: bool = typer.Option(TRAIN.mixed_precision, "--mixed-precision",
                                                help="float16 compute (for GPUs); exports stay float32."),
           calibrate: Calibrate = typer.Option(TRAIN.calibrate, help="temperature: fit the confidence on the "
@@ -326,7 +331,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                         lr=lr, lr_schedule=lr_schedule, label_smoothing=label_smoothing, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,
                         alpha=alpha, fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
                         class_weight=class_weight, augment=aug, augment_policy=augment, augment_overrides=overrides,
-                        mixed_precision=mixed_precision, calibrate=calibrate)
+                        mixed_precision=mixed_precision, calibrate=calibrate, memory=memory)
     meta = run_train(data, cfg, registry_dir=registry, reporter=_reporter(quiet), resume=resume,
                      distribute_mode=distribute, cluster_timeout=cluster_timeout)
     if meta["path"] is None:  # a worker other than the chief: the chief saved the model

@@ -60,7 +60,7 @@ AUTO_PRETRAINED_MIN_SIZE = 32
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
 #: (measured in docs/benchmarks.md, "Better models by default")
 SCRATCH_DEFAULTS = dict(epochs=15, batch_size=64, lr=1e-3, fine_tune_epochs=0, augment_policy="pixel",
-                        lr_schedule="cosine", label_smoothing=0.1)
+                        lr_schedule="cosine", label_smoothing=0.1, memory=0.0)
 #: from scratch, a run that is COSINE_MIN_STEPS steps or more long even at this batch size gets it, and this
 #: learning rate unless --lr is given (Fashion-MNIST, 11 epochs, seeds 42 / 7: val +0.20 / +0.06, test
 #: -0.08 / +0.26 points against batch 64 with lr 1e-3, at 0.95x its CPU; docs/benchmarks.md)
@@ -74,7 +74,16 @@ SCRATCH_IMAGE_BUDGET = 648_000
 #: instead of the `pixel` policy (counted at one replica: batch_size images a step; docs/benchmarks.md)
 COSINE_MIN_STEPS = 1_000
 PRETRAINED_DEFAULTS = dict(epochs=6, batch_size=64, lr=1e-3, fine_tune_epochs=4, augment_policy="style",
-                           image_size=160, lr_schedule="plateau", label_smoothing=0.0)
+                           image_size=160, lr_schedule="plateau", label_smoothing=0.0, memory=0.5)
+#: the nearest-neighbour memory (imgclf/memory.py): the training images' features stored in the model, their
+#: vote blended with the head's answer at --memory (default: PRETRAINED_DEFAULTS' 0.5 up to
+#: MEMORY_MAX_IMAGES training images, else off; emoji google -> twitter, three seeds: twitter 59.7 -> 72.5%,
+#: google val +2.6, the style proxy +2.4; docs/benchmarks.md, twelfth session). The vote is a softmax over
+#: the stored images of cosine similarity / MEMORY_TEMPERATURE, summed per class.
+MEMORY_TEMPERATURE = 0.02
+#: above this many training images the default leaves the memory off (it would add over 51 MB to a
+#: MobileNetV2 model: images x 1,280 features x 4 bytes); --memory W keeps it on whatever the size
+MEMORY_MAX_IMAGES = 10_000
 #: how the learning rate moves during a phase: plateau halves it when val_loss stalls; cosine warms up
 #: over the first epoch (from lr/10) and then follows a cosine down to 0 at the phase's last epoch
 LR_SCHEDULES = ("plateau", "cosine")
@@ -181,6 +190,7 @@ class TrainConfig:
     mixed_precision: bool = False
     cache_dir: Optional[str] = None       # on-disk pixel cache folder (default: inside the registry)
     calibrate: str = "temperature"        # temperature (fitted on the val split) | none
+    memory: Optional[float] = None        # weight of the nearest-neighbour vote, 0..1 (0 = off); None: default
 
     def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
         """Fill the options left unset (None) with the defaults for a network trained from scratch or
@@ -202,6 +212,8 @@ class TrainConfig:
         for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "label_smoothing"):
             if getattr(self, key) is None and key in defaults:
                 setattr(self, key, defaults[key])
+        if self.memory is None:
+            self.memory = defaults["memory"] if not n_train or n_train <= MEMORY_MAX_IMAGES else 0.0
         if self.augment_policy is None:
             self.augment_policy = defaults["augment_policy"]
             if not pretrained and n_train and self.optimizer_steps(n_train) < COSINE_MIN_STEPS:
@@ -248,6 +260,8 @@ class TrainConfig:
             raise UsageError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
         if self.calibrate not in CALIBRATION_METHODS:
             raise UsageError(f"--calibrate must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibrate!r}")
+        if self.memory is not None:
+            _check_fraction("memory", self.memory, 0.0, 1.0)
         if self.fine_tune_layers <= 0:
             raise UsageError(f"--fine-tune-layers must be positive, got {self.fine_tune_layers}")
         self.augment.validate()

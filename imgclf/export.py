@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from imgclf import registry
+from imgclf import memory, registry
 from imgclf.calibration import apply_temperature, temperature_of
 from imgclf.config import EXPORT_OPSET
 from imgclf.errors import ExportError, ImageError, UsageError
@@ -44,6 +44,10 @@ def _float32_model(ref: registry.ModelRef, model):
     cfg.weights = "none"
     spec = ref.spec
     fresh = get_architecture(ref.metadata["arch"]).build(spec.shape, len(ref.metadata["class_names"]), cfg)
+    remembered = ref.metadata.get("memory")
+    if remembered:
+        fresh = memory.with_memory(fresh, remembered["images"], remembered["width"], len(ref.metadata["class_names"]),
+                                   remembered["weight"], remembered["temperature"])
     fresh.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return fresh
 
@@ -82,7 +86,7 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
     import tf2onnx
 
     spec = ref.spec
-    saved = keras.models.load_model(ref.keras_path, compile=False, safe_mode=True)
+    saved = memory.load_keras_model(ref.keras_path)
     model = _float32_model(ref, saved)
     signature = [tf.TensorSpec((None,) + spec.shape, tf.float32, name="image")]
     # the model's temperature goes inside the graph: a deployment without imgclf gets calibrated numbers

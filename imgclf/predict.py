@@ -80,9 +80,9 @@ class KerasClassifier(Classifier):
         super().__init__(ref)
         if ref.onnx_only:
             raise UsageError(f"{ref.onnx_path}: a standalone .onnx file runs with --backend onnx only")
-        from imgclf.tf_quiet import import_keras
+        from imgclf.memory import load_keras_model
 
-        self.model = import_keras().models.load_model(ref.keras_path, compile=False, safe_mode=True)
+        self.model = load_keras_model(ref.keras_path)
 
     def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         # model(x) on a batch: cheaper than model.predict for small inputs, and uses every core

@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from imgclf import registry
+from imgclf import memory, registry
 from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
 from imgclf.errors import DataError, ExportError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
@@ -210,8 +210,10 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, per_chan
             raise QuantizeError(f"{float_path}: preparing for quantization failed ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
         graph = onnx.load(str(prepared)).graph
-        # the last Softmax stays float: uint8 probabilities (steps of 1/255) would tie close classes
-        keep_float = [n.name for n in graph.node if n.op_type == "Softmax"]
+        # the last Softmax stays float: uint8 probabilities (steps of 1/255) would tie close classes; so does
+        # the nearest-neighbour memory and its blend (memory.py): its similarities are divided by a
+        # temperature of 0.02 before exp, which would turn uint8 steps into 30% changes of a vote
+        keep_float = [n.name for n in graph.node if n.op_type == "Softmax" or memory.in_memory(n.name)]
         raw = work / "int8.onnx"
         try:
             quantize_static(str(prepared), str(raw), _Reader(input_name, pixels), quant_format=QuantFormat.QDQ,
@@ -227,7 +229,8 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, per_chan
         model = onnx.load(str(raw))
         info = dict(settings or {})
         info.update(method="static", format="QDQ", weights="int8", activations="uint8", per_channel=per_channel,
-                    calibration_method="MinMax", float_ops=["Softmax"] if keep_float else [],
+                    calibration_method="MinMax",
+                    float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep_float)}),
                     onnxruntime=ort.__version__)
         meta = json.loads(props.get("imgclf", "{}"))
         meta["quantization"] = info

@@ -24,9 +24,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from imgclf import arch_choice, distribute, registry
+from imgclf import arch_choice, distribute, memory, registry
 from imgclf.architectures import Architecture, get_architecture
-from imgclf.config import AUTO_ARCH, TrainConfig
+from imgclf.config import AUTO_ARCH, MEMORY_MAX_IMAGES, MEMORY_TEMPERATURE, TrainConfig
 from imgclf.console import Reporter
 from imgclf.data.pipeline import Decoded, decode, make_dataset
 from imgclf.data.scan import Dataset
@@ -131,7 +131,11 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     arch = get_architecture(cfg.arch)
     arch.check_weights(cfg.weights)
     pretrained, n_train = arch.starts_pretrained(cfg.weights), len(splits.train.samples)
+    memory_default = cfg.memory is None
     cfg.resolve_defaults(pretrained, n_train=n_train)
+    if memory_default and pretrained and not cfg.memory and not resume:
+        reporter.info(f"nearest-neighbour memory off: {n_train:,} training images, over {MEMORY_MAX_IMAGES:,} "
+                      "(pass --memory 0.5 to keep it)")
     if not resume and arch_choice.describe(choice):
         reporter.info(arch_choice.describe(choice))
     spec = choose_spec(cfg, arch, splits.train)
@@ -157,6 +161,9 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     # build first: a bad --weights file fails before minutes of decoding
     with dist.scope():
         model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
+    if cfg.memory and not memory.has_features(model):
+        raise UsageError(f"--memory {cfg.memory:g}: {cfg.arch} at {spec.image_size[0]} px has no pooled features "
+                         "to remember (the MobileNets have them, and the cnn from 64 px); use --memory 0")
 
     decoded = decode_splits(splits, spec, cfg.cache_dir or str(root / ".cache"), reporter)
     if len(decoded["train"].labels) == 0:
@@ -183,6 +190,8 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
                 model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         except BaseException as exc:
             run.abandon(dist.translate(exc, dist.resume_hint(run, registry_dir)), registry_dir)
+        if cfg.memory:
+            model = add_memory(model, tr, len(splits.class_names), cfg, reporter)
         metrics = final_metrics(model, run.history(), decoded, batch, dist.dataset)
         from imgclf.calibration import calibrate_keras_model
         calibration = calibrate_keras_model(model, decoded.get("val"), cfg.calibrate, cfg.batch_size, reporter)
@@ -191,12 +200,29 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     curves_png(run.staging / registry.CURVES, run.history(), title=f"{cfg.name}: loss and accuracy per epoch")
     metadata = build_metadata(data, cfg, spec, splits, decoded, weights, metrics)
     metadata["calibration"] = calibration
+    if cfg.memory:
+        vote = model.get_layer(memory.MEMORY_LAYER)
+        metadata["memory"] = memory.describe(cfg.memory, vote.temperature, vote.references, vote.width)
     metadata["distribute"] = dist.describe(cfg.batch_size)
     version, final = run.commit(cfg.name, metadata)
     metadata.update(version=version, path=str(final))
     if not dist.is_chief:  # its copy lives in its own temporary folder, removed now: the chief's is the model
         metadata.update(version=None, path=None)
     return metadata
+
+
+def add_memory(model, train: Decoded, num_classes: int, cfg: TrainConfig, reporter: Reporter):
+    """The trained model with the nearest-neighbour memory of the training images (imgclf/memory.py),
+    compiled for evaluation and run under the same distribution strategy as the trained one."""
+    with reporter.progress("remembering the training images", total=len(train.labels)) as advance:
+        blended = memory.attach(model, train.pixels, train.labels, num_classes, cfg.memory, MEMORY_TEMPERATURE,
+                                cfg.batch_size, progress=advance)
+    blended._distribute_strategy = model._distribute_strategy
+    blended.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    vote = blended.get_layer(memory.MEMORY_LAYER)
+    reporter.info(f"nearest-neighbour memory: {vote.references:,} training images x {vote.width:,} features "
+                  f"({vote.references * vote.width * 4 / 1e6:.1f} MB), blended at {cfg.memory:g}")
+    return blended
 
 
 def decode_splits(splits: Splits, spec: PreprocessingSpec, cache_dir: str, reporter: Reporter) -> Dict[str, Decoded]:

@@ -186,7 +186,6 @@ def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> floa
     keras` loads it) and model.onnx through onnxruntime, on IMAGES decoded by imgclf.preprocessing, agree on
     every top-1 label (where Keras' top two are more than 2*ATOL apart: closer, a difference within ATOL may
     swap them) and within ATOL on every probability. Returns the largest difference."""
-    import keras
     import onnxruntime as ort
 
     from imgclf.preprocessing import PreprocessingSpec, load_image
@@ -194,7 +193,8 @@ def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> floa
     meta = json.loads((version / "metadata.json").read_text())
     spec = PreprocessingSpec.from_dict(meta["preprocessing"])
     x = np.stack([load_image(p, spec) for p in images]).astype(np.float32)
-    model = keras.models.load_model(version / "model.keras", safe_mode=True, compile=False)
+    from imgclf.memory import load_keras_model
+    model = load_keras_model(version / "model.keras")  # as predict loads it (imgclf's own layers known)
     from imgclf.calibration import apply_temperature, temperature_of
     # a calibrated model's ONNX graph holds its temperature; `predict --backend keras` applies it the same way
     keras_p = apply_temperature(np.asarray(model(x, training=False), dtype=np.float32), temperature_of(meta))
