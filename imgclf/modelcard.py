@@ -181,6 +181,11 @@ def build_card(ref: registry.ModelRef) -> str:
                  ("learning rate", cfg.get("lr")), ("early stopping patience", cfg.get("patience")),
                  ("seed", cfg.get("seed")), ("weights", cfg.get("weights")), ("augmentation", augment),
                  ("class weights", cfg.get("class_weight")), ("mixed precision", cfg.get("mixed_precision"))]
+    remembered = meta.get("memory")
+    if remembered:  # imgclf/memory.py
+        conf_rows.append(("nearest-neighbour memory", f"{remembered['images']} training images x {remembered['width']}"
+                                                      f" features, weight {remembered['weight']:g}, temperature "
+                                                      f"{remembered['temperature']:g}"))
     out.append(_table(["setting", "value"], [[k, code(v)] for k, v in conf_rows if v is not None]))
     if history:
         out += ["", "Epochs run:", ""]

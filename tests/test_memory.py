@@ -107,6 +107,10 @@ def test_pretrained_default_remembers_the_training_images_in_keras_onnx_and_int8
                if n.op_type in ("MatMul", "Gemm") for i in n.input), "the head should still be int8"
     meta = json.loads((reg / "m" / "1" / "metadata.json").read_text())
     assert "Exp" in meta["int8"]["float_ops"]
+    card = cli("models", "card", "m", "--registry", reg, "--out", "-")
+    assert card.exit_code == 0, card.output
+    assert (f"| nearest-neighbour memory | `{n_train} training images x 1280 features, weight 0.5, temperature "
+            "0.02` |") in card.stdout
 
 
 def test_memory_alone_knows_every_training_image(tmp_path, colour_tree, backbone_file):
