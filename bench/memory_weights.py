@@ -64,7 +64,7 @@ def child(args) -> None:
         sys.exit("the trained model has no memory: leave --memory at its default or give it above 0")
     spec, names = PreprocessingSpec.from_dict(meta["preprocessing"]), meta["class_names"]
     model = load_keras_model(folder / "model.keras")
-    both = keras.Model(model.inputs, [model.get_layer("probabilities").output, model.get_layer(MEMORY_LAYER).output])
+    both = keras.Model(model.input, [model.get_layer("probabilities").output, model.get_layer(MEMORY_LAYER).output])
     trained_on = {os.path.basename(p) for p in scan(Path(args.data) / "train", class_names=names).paths}
 
     def answers(root: Path):  # as `imgclf evaluate` reads a folder: the model's class order, its preprocessing

@@ -14,7 +14,8 @@ sums), so the .keras file, the ONNX export and every backend carry it, with no f
 Why: a classifier head learns what separates the classes in the training images' own style; the vote
 asks which training image this one is a version of, which survives a change of drawing style or camera
 far better. On emoji trained on google and tested on twitter's drawings of the same emoji, the default
-model's head alone scores 59-63% and the blend 71-74% (docs/benchmarks.md, "A twelfth session").
+model's head alone scores 59.7% and the blend 71.5% (means of three seeds; docs/benchmarks.md, "A twelfth
+session").
 
 The cost is memory: images x feature width x 4 bytes in the model (1,716 images x 1,280 = 8.8 MB for
 MobileNetV2), and one matrix product per image (2.2 MFLOPs there, under 1% of the backbone's).
@@ -108,7 +109,7 @@ def embed(model, pixels: np.ndarray, batch_size: int = 64, progress=lambda done:
     """Unit-length pooled features of uint8 `pixels` (N, H, W, C), float32 (N, width)."""
     import keras
 
-    features = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+    features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
     out = []
     for i in range(0, len(pixels), batch_size):
         out.append(np.asarray(features(np.asarray(pixels[i:i + batch_size], dtype=np.float32), training=False),
@@ -140,7 +141,7 @@ def with_memory(model, references: int, width: int, num_classes: int, weight: fl
     head = layers.Rescaling(1.0 - weight, name="head_share", dtype="float32")(model.outputs[0])
     memory = layers.Rescaling(weight, name="memory_share", dtype="float32")(vote)
     blended = layers.Add(name="blend", dtype="float32")([head, memory])
-    return keras.Model(model.inputs, blended, name=model.name)
+    return keras.Model(model.input, blended, name=model.name)
 
 
 def describe(weight: float, temperature: float, images: int, width: int) -> dict:

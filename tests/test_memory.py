@@ -88,8 +88,8 @@ def test_pretrained_default_remembers_the_training_images_in_keras_onnx_and_int8
     from imgclf.preprocessing import PreprocessingSpec, load_image
     spec = PreprocessingSpec.from_dict(meta["preprocessing"])
     x = np.stack([load_image(p, spec) for p in image_files(colour_tree)[:6]]).astype(np.float32)
-    head = keras.Model(model.inputs, model.get_layer("probabilities").output)(x)
-    features = keras.Model(model.inputs, model.get_layer("gap").output)(x)
+    head = keras.Model(model.input, model.get_layer("probabilities").output)(x)
+    features = keras.Model(model.input, model.get_layer("gap").output)(x)
     expected = 0.5 * np.asarray(head) + 0.5 * _vote(np.asarray(features), embeddings, onehot, 0.02)
     np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-5)
 
