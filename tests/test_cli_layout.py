@@ -75,6 +75,8 @@ def test_cli_defaults_are_train_configs():
                                             f"{L['lr']:g}, in runs of {C.COSINE_MIN_STEPS:,} steps or more at that "
                                             "batch)"),
                            ("--fine-tune-epochs", f"default {P['fine_tune_epochs']}"),
+                           ("--memory", f"(default: {P['memory']:g} pretrained, up to {C.MEMORY_MAX_IMAGES:,} "
+                                        f"training images; {S['memory']:g} from scratch)"),
                            ("--augment", f"default: {S['augment_policy']} from scratch, "
                                          f"{P['augment_policy']} pretrained")):
         assert re.search(re.escape(option) + r" <[^>]*> [^-]*?" + re.escape(phrase), text), option
