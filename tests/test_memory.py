@@ -101,12 +101,18 @@ def test_pretrained_default_remembers_the_training_images_in_keras_onnx_and_int8
     graph = onnx.load(str(reg / "m" / "1" / "model.int8.onnx")).graph
     memory_matmuls = [n for n in graph.node if n.op_type == "MatMul" and "/memory" in n.name]
     assert len(memory_matmuls) == 2, [n.name for n in graph.node]
-    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    assert not any(i in dequantized for n in memory_matmuls for i in n.input), "memory quantized"
-    assert any("/probabilities" in n.name and i in dequantized for n in graph.node
+    dequantize = {o: n for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    initializers = {i.name: i for i in graph.initializer}
+    for n in memory_matmuls:
+        # what flows in stays float (the features, the votes); the stored matrix is int8, one scale per column
+        assert n.input[0] not in dequantize, f"{n.name}: its input is quantized"
+        stored = dequantize[n.input[1]]
+        assert initializers[stored.input[0]].data_type == onnx.TensorProto.INT8
+        assert list(initializers[stored.input[1]].dims) == [initializers[stored.input[0]].dims[1]]
+    assert any("/probabilities" in n.name and i in dequantize for n in graph.node
                if n.op_type in ("MatMul", "Gemm") for i in n.input), "the head should still be int8"
     meta = json.loads((reg / "m" / "1" / "metadata.json").read_text())
-    assert "Exp" in meta["int8"]["float_ops"]
+    assert "Exp" in meta["int8"]["float_ops"] and meta["int8"]["memory"].startswith("stored features int8")
     card = cli("models", "card", "m", "--registry", reg, "--out", "-")
     assert card.exit_code == 0, card.output
     assert (f"| nearest-neighbour memory | `{n_train} training images x 1280 features, weight 0.5, temperature "
