@@ -5,7 +5,8 @@ classifies the model's held-out images as the float file does.
   channel, uint8 activations, MinMax ranges calibrated on images of the model's own training split
   (decoded by preprocessing.load_image, exactly as training saw them). Never dynamic quantization:
   for convolutions it emits ConvInteger, which onnxruntime's CPU provider cannot run (onnxruntime
-  issue 15888). The final Softmax stays float, so probabilities keep their resolution.
+  issue 15888). The final Softmax stays float, so probabilities keep their resolution; so does the
+  arithmetic of a nearest-neighbour memory (memory.py), whose stored features become int8 weights only.
 - The agreement check runs both files on held-out images (the model's test split, else val, else the
   folder given): accuracy of each, top-1 agreement, max |dp| and the images whose label changed (a CSV
   in the model folder). A drop in accuracy of more than `max_accuracy_drop` points refuses the file.
