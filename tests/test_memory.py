@@ -159,3 +159,18 @@ def test_default_memory_is_off_above_the_size_limit(tmp_path, colour_tree, backb
     assert "nearest-neighbour memory off: 21 training images, over 10 (pass --memory 0.5 to keep it)" in r.stderr
     meta = json.loads((reg / "big" / "1" / "metadata.json").read_text())
     assert "memory" not in meta and meta["config"]["memory"] == 0.0
+
+
+def test_memory_defaults_by_how_the_network_starts():
+    """On by default for a pretrained network up to MEMORY_MAX_IMAGES training images, never from scratch
+    (the cnn's Fashion-MNIST figures are untouched), and a given value always wins."""
+    from imgclf.config import MEMORY_MAX_IMAGES, TrainConfig
+
+    def resolved(pretrained, n_train, **given):
+        cfg = TrainConfig(**given)
+        cfg.resolve_defaults(pretrained, n_train=n_train)
+        return cfg.memory
+
+    assert resolved(True, 1_716) == 0.5 and resolved(True, MEMORY_MAX_IMAGES) == 0.5
+    assert resolved(True, MEMORY_MAX_IMAGES + 1) == 0.0 and resolved(True, 50_000, memory=0.5) == 0.5
+    assert resolved(False, 480) == 0.0 and resolved(False, 54_000) == 0.0 and resolved(False, 480, memory=1.0) == 1.0
