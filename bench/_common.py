@@ -177,6 +177,28 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def imgclf_in_process(argv: Sequence[str]) -> float:
+    """Run `imgclf ARGV` in this process, as the console script would (for scripts that look inside the run
+    or its model afterwards); returns the CPU seconds it took (user + sys, all threads)."""
+    import typer
+
+    from imgclf.cli import app
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    typer.main.get_command(app).main(list(argv), prog_name="imgclf", standalone_mode=False)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def child_rows(cmd: Sequence[str], marker: str, what: str) -> List[dict]:
+    """Run CMD (a child that prints `MARKER {json}` lines among others) and return those JSON records;
+    exits naming WHAT when the child fails."""
+    res = subprocess.run(list(cmd), stdout=subprocess.PIPE, text=True, env=child_env())
+    if res.returncode:
+        sys.exit(f"{what}: the child failed (exit {res.returncode})")
+    return [json.loads(line[len(marker):]) for line in res.stdout.splitlines() if line.startswith(marker)]
+
+
 def emit(bench: str, lines: Sequence[str], record: dict) -> None:
     """The human lines, then one JSON line: {"bench": NAME, ...figures..., "machine": {...}}."""
     for line in lines:

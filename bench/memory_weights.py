@@ -11,7 +11,8 @@ val images, twitter). For each seed a child process runs `imgclf train SPLIT --s
 probabilities (layer "probabilities") and the memory's vote (layer "memory"). Each weight W is scored as
 (1 - W) * head + W * vote, exactly the model `--memory W` saves (the head is trained the same whatever W:
 the memory is added after training), on val, on the proxy (mean of its changes), on the target, and on the
-target's images split by whether the same emoji's google drawing was among the training images ("seen").
+target's images split by whether the same emoji's google drawing was among the training images ("seen":
+a training image of the same file name; emoji_folders.py names each file by its emoji in both trees).
 One training per seed, so the weights are compared on the same run. Choose W on val and the proxy; the
 target is reported.
 
@@ -22,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,18 +36,10 @@ ROW = "memory-row"
 
 def child(args) -> None:
     """Train one seed in this process, then score each weight of the saved model's two answers."""
-    import typer
-
-    from imgclf.cli import app
-
     work = Path(args.workdir) / f"memory-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    cmd = ["train", args.data, "--registry", str(work / "reg"), "--name", "m", "--seed", str(args.seed),
-           "--format", "json", "-q", *args.train_args]
-    typer.main.get_command(app).main(cmd, prog_name="imgclf", standalone_mode=False)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    train_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    train_cpu = C.imgclf_in_process(["train", args.data, "--registry", str(work / "reg"), "--name", "m", "--seed",
+                                     str(args.seed), "--format", "json", "-q", *args.train_args])
 
     import keras
     import numpy as np
@@ -84,7 +75,8 @@ def child(args) -> None:
             right = ((1 - w) * head + w * vote).argmax(1) == y
             acc[k] = float(right.mean())
             if k == "target":
-                acc["target_seen"], acc["target_unseen"] = float(right[seen].mean()), float(right[~seen].mean())
+                acc["target_seen"], acc["target_unseen"] = (float(right[m].mean()) if m.any() else None
+                                                            for m in (seen, ~seen))
         acc["proxy"] = sum(acc[c] for c in CHANGES) / len(CHANGES)
         print(ROW, json.dumps({"seed": args.seed, "weight": w, **acc, "train_cpu_s": round(train_cpu, 1),
                                "memory": meta["memory"]}), flush=True)
@@ -97,22 +89,18 @@ def parent(args) -> None:
         cmd = [sys.executable, __file__, args.data, "--proxy", args.proxy, "--target", args.target,
                "--workdir", args.workdir, "--weights-to-score", *map(str, args.weights_to_score),
                "--child-seed", str(seed), "--", *args.train_args]
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=C.child_env())
-        if res.returncode:
-            sys.exit(f"seed {seed}: the child failed (exit {res.returncode})")
-        for line in res.stdout.splitlines():
-            if line.startswith(ROW):  # (the train command prints its own JSON before these)
-                rows.append(json.loads(line[len(ROW):]))
-                r = rows[-1]
-                print(f"  seed {seed} weight {r['weight']:.2f}: val {r['val']:.4f} proxy {r['proxy']:.4f} "
-                      f"target {r['target']:.4f} (seen {r['target_seen']:.4f}, unseen {r['target_unseen']:.4f})",
-                      file=sys.stderr, flush=True)
+        for r in C.child_rows(cmd, ROW, f"seed {seed}"):  # (the train command prints its own JSON too)
+            rows.append(r)
+            print(f"  seed {seed} weight {r['weight']:.2f}: val {r['val']:.4f} proxy {r['proxy']:.4f} "
+                  f"target {r['target']:.4f} (seen {r['target_seen']}, unseen {r['target_unseen']})",
+                  file=sys.stderr, flush=True)
     lines = [f"memory weights, trained on {args.data} ({' '.join(args.train_args)}), seeds {args.seeds}; means:",
              f"  {'weight':>6s} {'val':>7s} {'proxy':>7s} {'target':>7s} {'seen':>7s} {'unseen':>7s}"]
     means = []
     for w in args.weights_to_score:
         sel = [r for r in rows if r["weight"] == w]
-        m = {k: sum(r[k] for r in sel) / len(sel) for k in ("val", "proxy", "target", "target_seen", "target_unseen")}
+        m = {k: (sum(r[k] for r in sel) / len(sel) if all(r[k] is not None for r in sel) else float("nan"))
+             for k in ("val", "proxy", "target", "target_seen", "target_unseen")}
         means.append({"weight": w, **m})
         lines.append(f"  {w:6.2f} {m['val']:7.4f} {m['proxy']:7.4f} {m['target']:7.4f} {m['target_seen']:7.4f} "
                      f"{m['target_unseen']:7.4f}")

@@ -10,7 +10,8 @@ val images, twitter). For each seed, a child process runs `imgclf train SPLIT --
 the weights at the end of the head phase, which a run otherwise deletes when it commits, are kept), then
 sets the model's weights to (1 - alpha) * head + alpha * fine-tuned for each alpha and scores every mix on
 val, on the proxy (mean of its changes) and on the target. alpha 1 is the model `imgclf train` saves;
-alpha 0 the model after the head phase. One training per seed, so the alphas are compared on the same run
+alpha 0 the model after the head phase. The runs train with `--memory 0` (the mixes are of the network's
+weights; the nearest-neighbour memory is bench/memory_weights.py's subject). One training per seed, so the alphas are compared on the same run
 (paired: no seed noise between them). Choose alpha on val and the proxy; the target is reported.
 
 Prints one line per seed and alpha on stderr, then a table of means and one JSON line on stdout.
@@ -20,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,10 +38,7 @@ def _accuracy_sets(args):
 
 def child(args) -> None:
     """Train one seed in this process, then score each mix of the two phases' weights."""
-    import typer
-
     from imgclf import runs
-    from imgclf.cli import app
 
     work = Path(args.workdir) / f"wise-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)
@@ -55,12 +51,8 @@ def child(args) -> None:
         return commit(self, name, metadata)
 
     runs.Run.commit = keep_head
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    cmd = ["train", args.data, "--registry", str(work / "reg"), "--name", "m", "--seed", str(args.seed),
-           "--format", "json", "-q", *args.train_args]
-    typer.main.get_command(app).main(cmd, prog_name="imgclf", standalone_mode=False)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    train_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    train_cpu = C.imgclf_in_process(["train", args.data, "--registry", str(work / "reg"), "--name", "m", "--seed",
+                                     str(args.seed), "--format", "json", "-q", "--memory", "0", *args.train_args])
 
     import keras
 
@@ -97,15 +89,10 @@ def parent(args) -> None:
         cmd = [sys.executable, __file__, args.data, "--proxy", args.proxy, "--target", args.target,
                "--workdir", args.workdir, "--alphas", *map(str, args.alphas), "--child-seed", str(seed),
                "--", *args.train_args]
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=C.child_env())
-        if res.returncode:
-            sys.exit(f"seed {seed}: the child failed (exit {res.returncode})")
-        for line in res.stdout.splitlines():
-            if line.startswith(ROW):  # (the train command prints its own JSON before these)
-                rows.append(json.loads(line[len(ROW):]))
-                r = rows[-1]
-                print(f"  seed {seed} alpha {r['alpha']:.2f}: val {r['val']:.4f} proxy {r['proxy']:.4f} "
-                      f"target {r['target']:.4f}", file=sys.stderr, flush=True)
+        for r in C.child_rows(cmd, ROW, f"seed {seed}"):  # (the train command prints its own JSON too)
+            rows.append(r)
+            print(f"  seed {seed} alpha {r['alpha']:.2f}: val {r['val']:.4f} proxy {r['proxy']:.4f} "
+                  f"target {r['target']:.4f}", file=sys.stderr, flush=True)
     lines = [f"WiSE-FT mixes trained on {args.data} ({' '.join(args.train_args)}), seeds {args.seeds}; means:",
              f"  {'alpha':>5s} {'val':>7s} {'proxy':>7s} {'target':>7s}"]
     means = []

@@ -181,6 +181,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 # --------------------------------------------------------------------------------------- ONNX parity
 
 
+def write_small_backbone(path: Path, seed: int):
+    """A MobileNetV2 backbone weights file (alpha 0.35, no top, 96 px, random init from `seed`): enough for
+    tests of the pretrained path's plumbing. Returns the backbone."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    backbone = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None)
+    backbone.save_weights(path)
+    return backbone
+
+
 def assert_onnx_matches_keras(version: Path, images, atol: float = 1e-4) -> float:
     """Our own parity check, not the exporter's report: the saved model.keras (exactly as `predict --backend
     keras` loads it) and model.onnx through onnxruntime, on IMAGES decoded by imgclf.preprocessing, agree on

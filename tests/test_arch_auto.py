@@ -8,7 +8,7 @@ from urllib.error import URLError
 
 import pytest
 
-from conftest import SAMPLE_IMAGES, cli, error_line, make_tree
+from conftest import SAMPLE_IMAGES, cli, error_line, make_tree, write_small_backbone
 from imgclf import arch_choice
 from imgclf.config import PRETRAINED_DEFAULTS, SCRATCH_DEFAULTS, AugmentConfig, TrainConfig
 from imgclf.data.scan import Dataset, Sample
@@ -82,11 +82,8 @@ def colour_128(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_backbone(tmp_path_factory):
     """A MobileNetV2 backbone file (alpha 0.35, no top, random init: the test is about plumbing)."""
-    import keras
     path = tmp_path_factory.mktemp("bb") / "mnv2.weights.h5"
-    keras.utils.set_random_seed(3)
-    keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
-                                   weights=None).save_weights(path)
+    write_small_backbone(path, seed=3)
     return path
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_onnx_matches_keras, cli, error_line, image_files, make_tree
+from conftest import assert_onnx_matches_keras, cli, error_line, image_files, make_tree, write_small_backbone
 
 
 def _vote(features, embeddings, onehot, temperature):
@@ -50,11 +50,8 @@ def colour_tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory):
     """A backbone weights file written from a random-init MobileNetV2 (alpha 0.35, no top)."""
-    import keras
     path = tmp_path_factory.mktemp("w") / "backbone.weights.h5"
-    keras.utils.set_random_seed(7)
-    keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
-                                   weights=None).save_weights(path)
+    write_small_backbone(path, seed=7)
     return path
 
 

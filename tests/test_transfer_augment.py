@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import (assert_onnx_matches_keras, cli, error_line, image_files, make_tree, start_paused,
-                      tree_digest, wait_for)
+                      tree_digest, wait_for, write_small_backbone)
 
 MOBILENETS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 
@@ -82,11 +82,8 @@ def test_mobilenet_default_size_is_224_and_other_sizes_are_refused(tmp_path, col
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory):
     """A backbone weights file written from a random-init MobileNetV2 (alpha 0.35, no top)."""
-    import keras
     path = tmp_path_factory.mktemp("w") / "backbone.weights.h5"
-    keras.utils.set_random_seed(7)
-    bb = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None)
-    bb.save_weights(path)
+    bb = write_small_backbone(path, seed=7)
     return path, [np.asarray(w) for w in bb.get_weights()]
 
 
