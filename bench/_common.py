@@ -199,6 +199,36 @@ def child_rows(cmd: Sequence[str], marker: str, what: str) -> List[dict]:
     return [json.loads(line[len(marker):]) for line in res.stdout.splitlines() if line.startswith(marker)]
 
 
+def emoji_seed_parser(doc: str):
+    """The arguments of the scripts that train one emoji model per seed in a child process and score it
+    (wise_ft.py, memory_weights.py): SPLIT --proxy --target --seeds --workdir; run_per_seed adds the rest."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("data")
+    ap.add_argument("--proxy", required=True)
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1])
+    ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    ap.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
+def run_per_seed(ap, child, parent) -> None:
+    """Parse sys.argv with `ap` (imgclf train options after `--` become args.train_args), then run
+    child(args) with args.seed in a child process's role (--child-seed), else parent(args)."""
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.train_args = argv[cut + 1:]
+    if args.child_seed is not None:
+        args.seed = args.child_seed
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        child(args)
+    else:
+        parent(args)
+
+
 def emit(bench: str, lines: Sequence[str], record: dict) -> None:
     """The human lines, then one JSON line: {"bench": NAME, ...figures..., "machine": {...}}."""
     for line in lines:

@@ -20,7 +20,6 @@ Prints one line per seed and weight on stderr, then a table of means and one JSO
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -109,24 +108,9 @@ def parent(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data")
-    ap.add_argument("--proxy", required=True)
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1])
+    ap = C.emoji_seed_parser(__doc__)
     ap.add_argument("--weights-to-score", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    ap.add_argument("--workdir", default=C.DEFAULT_WORKDIR)
-    ap.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = ap.parse_args(argv[:cut])
-    args.train_args = argv[cut + 1:]  # imgclf train options, after --
-    if args.child_seed is not None:
-        args.seed = args.child_seed
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        child(args)
-    else:
-        parent(args)
+    C.run_per_seed(ap, child, parent)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ Prints one line per seed and alpha on stderr, then a table of means and one JSON
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -106,24 +104,9 @@ def parent(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data")
-    ap.add_argument("--proxy", required=True)
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1])
+    ap = C.emoji_seed_parser(__doc__)
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
-    ap.add_argument("--workdir", default=C.DEFAULT_WORKDIR)
-    ap.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = ap.parse_args(argv[:cut])
-    args.train_args = argv[cut + 1:]  # imgclf train options, after --
-    if args.child_seed is not None:
-        args.seed = args.child_seed
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        child(args)
-    else:
-        parent(args)
+    C.run_per_seed(ap, child, parent)
 
 
 if __name__ == "__main__":
