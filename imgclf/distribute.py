@@ -33,7 +33,7 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
-from imgclf.errors import ImgclfError, UsageError
+from imgclf.errors import ClusterError, ImgclfError, UsageError
 
 TF_CONFIG = "TF_CONFIG"
 #: seconds a worker may be silent (not started yet, or dead) before the others give up
@@ -53,10 +53,6 @@ class Mode(str, Enum):
 
 #: the --distribute choices
 MODES = tuple(m.value for m in Mode)
-
-
-class ClusterError(ImgclfError):
-    """The cluster failed: a worker is missing, died, or sees other data."""
 
 
 # --------------------------------------------------------------------------------------- TF_CONFIG

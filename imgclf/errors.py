@@ -43,5 +43,19 @@ class ExportError(ImgclfError):
     """ONNX export failed or the exported model disagrees with Keras."""
 
 
+class QuantizeError(ExportError):
+    """Quantization failed, or the int8 file did not pass the agreement check (exit code 1)."""
+
+
+class Interrupted(ImgclfError):
+    """Training was interrupted (Ctrl-C): the run is kept for --resume when an epoch completed."""
+
+    exit_code = 130
+
+
+class ClusterError(ImgclfError):
+    """The cluster failed: a worker is missing, died, or sees other data."""
+
+
 class GateRefused(ImgclfError):
     """`imgclf models tag --gate`: the candidate did not pass the comparison; the tag is unchanged."""

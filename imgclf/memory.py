@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.tf_quiet import keras_class
+
 #: the layer whose output the memory stores (architectures name their pooled features so)
 FEATURES_LAYER = "gap"
 MEMORY_LAYER = "memory"
@@ -33,8 +35,9 @@ MEMORY_LAYER = "memory"
 ADDED_LAYERS = (MEMORY_LAYER, "head_share", "memory_share", "blend")
 
 
-def _vote_layer_class():
-    import keras
+@keras_class
+def vote_layer_class(keras):
+    """NeighbourVote, defined (and registered with Keras) on first use: importing imgclf loads no Keras."""
 
     @keras.saving.register_keras_serializable(package="imgclf", name="NeighbourVote")
     class NeighbourVote(keras.layers.Layer):
@@ -71,17 +74,6 @@ def _vote_layer_class():
                     "classes": self.classes, "temperature": self.temperature}
 
     return NeighbourVote
-
-
-_CLASS = None
-
-
-def vote_layer_class():
-    """NeighbourVote, defined (and registered with Keras) on first use: importing imgclf loads no Keras."""
-    global _CLASS
-    if _CLASS is None:
-        _CLASS = _vote_layer_class()
-    return _CLASS
 
 
 def load_keras_model(path: Path):

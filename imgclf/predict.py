@@ -23,7 +23,7 @@ from imgclf.config import BACKENDS, OUTPUT_FORMATS, PRECISIONS, PREDICT_BATCH_SI
 from imgclf.errors import DataError, ImageError, UsageError
 from imgclf.data.files import InOrderMapper
 from imgclf.preprocessing import load_image
-from imgclf.registry import ModelRef
+from imgclf.registry import ModelRef, int8_path
 
 
 
@@ -94,8 +94,6 @@ def load_classifier(ref: ModelRef, backend: str = "auto", precision: str = "fp32
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision != "fp32":
-        from imgclf.quantize import int8_path
-
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend == "keras":

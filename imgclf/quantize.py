@@ -32,7 +32,7 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
-from imgclf.errors import DataError, ExportError, UsageError
+from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
 INT8_FILE = registry.INT8_ONNX_FILE
@@ -42,10 +42,6 @@ DEFAULT_CALIBRATION_IMAGES = QUANTIZE_CALIBRATION_IMAGES
 DEFAULT_MAX_ACCURACY_DROP = QUANTIZE_MAX_ACCURACY_DROP
 CHANGED_CSV = "int8_changed_labels.csv"
 CALIBRATION_BATCH = 16
-
-
-class QuantizeError(ExportError):
-    """Quantization failed, or the int8 file did not pass the agreement check (exit code 1)."""
 
 
 @dataclass
@@ -65,7 +61,7 @@ def _model_splits(ref: registry.ModelRef, hint: str, reporter=None):
     """The model's own train/val/test, rebuilt as training made them (the same folder, val_split, seed).
     Warns when the files are no longer those training saw (the recorded fingerprint differs)."""
     from imgclf.data.split import load_splits
-    from imgclf.train import fingerprint
+    from imgclf.data.files import fingerprint
 
     dataset = ref.metadata.get("dataset") or {}
     source = dataset.get("source")
@@ -421,21 +417,6 @@ def _drop_metadata_key(ref: registry.ModelRef, key: str) -> None:
         meta.pop(key, None)
         registry.write_json_atomic(ref.path / registry.METADATA, meta)
     ref.metadata = meta
-
-
-def int8_path(ref: registry.ModelRef) -> Path:
-    """The int8 file of a model (a standalone .onnx file given by path is its own int8 file when it was
-    quantized); raises UsageError, with what to run, when there is none."""
-    if ref.onnx_only:
-        if "quantization" in ref.metadata:
-            return ref.onnx_only
-        raise UsageError(f"{ref.onnx_only}: not an int8 file (no quantization in its metadata); "
-                         "use --precision fp32")
-    path = ref.path / INT8_FILE
-    if not path.is_file():
-        raise UsageError(f"model {ref.label} has no int8 export ({INT8_FILE}); run `imgclf export {ref.label} "
-                         "--quantize int8` first or use --precision fp32")
-    return path
 
 
 def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None,

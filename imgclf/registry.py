@@ -36,11 +36,15 @@ MODEL_FILES = (KERAS_FILE, ONNX_FILE, INT8_ONNX_FILE)
 HISTORY = "history.csv"
 CURVES = "curves.png"  # drawn from history.csv at the end of training
 STAGING = ".staging"
+#: the environment variable that moves the registry (the CLI's --registry DIR wins over it)
+HOME_ENV = "IMGCLF_HOME"
+#: said wherever a model is not found: where else the models could be
+ELSEWHERE_HINT = f"pass --registry DIR or set {HOME_ENV} to use another registry"
 
 
 def default_root() -> Path:
-    if os.environ.get("IMGCLF_HOME"):
-        return Path(os.environ["IMGCLF_HOME"])
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV])
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
     elif sys.platform == "darwin":
@@ -142,6 +146,21 @@ class ModelRef:
         except (KeyError, TypeError, ValueError) as e:
             where = self.onnx_only or self.path / METADATA
             raise ModelError(f"{where}: unusable preprocessing spec ({e})") from None
+
+
+def int8_path(ref: ModelRef) -> Path:
+    """The int8 file of a model (a standalone .onnx file given by path is its own int8 file when it was
+    quantized); raises UsageError, with what to run, when there is none."""
+    if ref.onnx_only:
+        if "quantization" in ref.metadata:
+            return ref.onnx_only
+        raise UsageError(f"{ref.onnx_only}: not an int8 file (no quantization in its metadata); "
+                         "use --precision fp32")
+    path = ref.path / INT8_ONNX_FILE
+    if not path.is_file():
+        raise UsageError(f"model {ref.label} has no int8 export ({INT8_ONNX_FILE}); run `imgclf export "
+                         f"{ref.label} --quantize int8` first or use --precision fp32")
+    return path
 
 
 def summary(ref: ModelRef) -> dict:
@@ -267,7 +286,8 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
     if ref == "latest":
         models = list_models(root)[0]
         if not models:
-            raise ModelNotFound(f"no models in the registry {root}; train one with `imgclf train DATA`")
+            raise ModelNotFound(f"no models in the registry {root}; train one with `imgclf train DATA`, or "
+                                f"{ELSEWHERE_HINT}")
         newest = max(models, key=lambda m: (m.metadata.get("created", ""), m.metadata.get("version", 0)))
         return newest
     name, _, version = ref.partition(":")
@@ -275,7 +295,7 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
     versions = _versions(root, name)
     if not versions:
         known = sorted({m.metadata.get("name") for m in list_models(root)[0]})
-        hint = f"; known: {', '.join(known)}" if known else ""
+        hint = f"; known: {', '.join(known)}" if known else f" (it has no models; {ELSEWHERE_HINT})"
         raise ModelNotFound(f"unknown model {name!r} in {root}{hint}")
     if not version:
         return _load_ref(root / name / str(versions[-1]))
@@ -374,11 +394,42 @@ def set_tag(registry, ref: str, alias: str, expect_version=_ANY) -> ModelRef:
 
 
 def pid_alive(pid) -> bool:
+    """Whether process `pid` is running. POSIX: signal 0 (checks, sends nothing). Windows: os.kill would
+    end the process (any signal but Ctrl-C/Ctrl-Break events terminates it), so ask OpenProcess instead."""
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
+        pid = int(pid)
+    except (ValueError, TypeError):
+        return False
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except OSError:
         return False
     return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    query_limited_information, still_active, access_denied = 0x1000, 259, 5
+    handle = kernel32.OpenProcess(query_limited_information, False, pid)
+    if not handle:
+        return ctypes.get_last_error() == access_denied  # it exists, and we may not look at it
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def unfinished_runs(registry) -> List[Tuple[Path, dict, bool]]:

@@ -21,14 +21,10 @@ from typing import List, Optional, Tuple
 
 from imgclf import registry
 from imgclf.config import TrainConfig
-from imgclf.errors import DataError, ImgclfError, UsageError
+from imgclf.errors import DataError, Interrupted, UsageError
 
 RUN_FILE = "run.json"
 HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-
-
-class Interrupted(ImgclfError):
-    exit_code = 130
 
 
 @dataclass

@@ -55,3 +55,30 @@ def import_keras():
     # Keras warns about shuffle=True on a tf.data input on every fit: we shuffle in tf.data on purpose
     warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
     return keras
+
+
+def keras_class(factory):
+    """Decorator for the Keras-dependent classes imgclf defines (layers, losses, callbacks): `factory(keras)`
+    defines and returns the class; the decorated name becomes a function that builds it on first call
+    and returns the same class after that. Importing the module that holds it imports no Keras, and the
+    class is defined (and registered with Keras' serialization) once per process. The one style for
+    every such class:
+
+        @keras_class
+        def vote_layer_class(keras):
+            class NeighbourVote(keras.layers.Layer): ...
+            return NeighbourVote
+
+        layer = vote_layer_class()(...)
+    """
+    import functools
+
+    made = []
+
+    @functools.wraps(factory)
+    def get():
+        if not made:
+            made.append(factory(import_keras()))
+        return made[0]
+
+    return get

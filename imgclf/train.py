@@ -10,7 +10,6 @@ Ctrl-C or a crash loses at most one epoch and `imgclf train --resume RUN` contin
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import platform
@@ -28,6 +27,7 @@ from imgclf import arch_choice, distribute, memory, registry
 from imgclf.architectures import Architecture, get_architecture
 from imgclf.config import AUTO_ARCH, MEMORY_MAX_IMAGES, MEMORY_TEMPERATURE, TrainConfig
 from imgclf.console import Reporter
+from imgclf.data.files import fingerprint
 from imgclf.data.pipeline import Decoded, decode, make_dataset
 from imgclf.data.scan import Dataset
 from imgclf.data.split import Splits, load_splits
@@ -364,17 +364,6 @@ def build_metadata(data, cfg: TrainConfig, spec: PreprocessingSpec, splits: Spli
         "sample_paths": [os.path.abspath(sample_source.paths[i]) for i in sorted(picks)],
         "library_versions": library_versions(),
     }
-
-
-def fingerprint(paths: List[str]) -> str:
-    """Names and sizes of the files, order-free: a cheap "is this the same data?" check."""
-    h = hashlib.blake2b(digest_size=12)
-    for p in sorted(paths):
-        try:
-            h.update(f"{os.path.basename(p)}\0{os.stat(p).st_size}\n".encode())
-        except OSError:
-            pass
-    return h.hexdigest()
 
 
 def _summary(ds: Optional[Dataset], decoded: Optional[Decoded]) -> Optional[dict]:

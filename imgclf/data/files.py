@@ -94,3 +94,15 @@ def file_digest(path: str) -> str:
                 break
             h.update(chunk)
     return h.hexdigest()
+
+
+def fingerprint(paths: Sequence[str]) -> str:
+    """Names and sizes of the files, order-free: a cheap "is this the same data?" check (recorded in
+    metadata.json as dataset.fingerprint; training, resume, quantize and evaluate compare it)."""
+    h = hashlib.blake2b(digest_size=12)
+    for p in sorted(paths):
+        try:
+            h.update(f"{os.path.basename(p)}\0{os.stat(p).st_size}\n".encode())
+        except OSError:
+            pass
+    return h.hexdigest()
