@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from imgclf.config import CALIBRATION_METHODS as METHODS
+from imgclf.config import CALIBRATION_METHODS as METHODS, INFERENCE_BATCH_SIZE
 
 #: ECE uses this many equal-width confidence bins
 ECE_BINS = 15
@@ -178,7 +178,8 @@ def calibration_record(raw_probs, labels, method: str = "temperature", fitted_on
     return record
 
 
-def calibrate_keras_model(model, val, method: str = "temperature", batch_size: int = 64, reporter=None) -> dict:
+def calibrate_keras_model(model, val, method: str = "temperature", batch_size: int = INFERENCE_BATCH_SIZE,
+                          reporter=None) -> dict:
     """Fit T for a trained Keras model on the decoded validation split `val` (.pixels, .labels; None when
     there is none) and log what was found. The metadata.json["calibration"] record."""
     if method == "none":

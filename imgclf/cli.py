@@ -134,9 +134,9 @@ def split(src: Path = typer.Argument(..., help="Folder of class folders (never m
           val: float = typer.Option(C.SPLIT_VAL, help="Fraction of each class for validation."),
           test: float = typer.Option(C.SPLIT_TEST, help="Fraction of each class for test."),
           seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed: the same seed gives the same split."),
-          mode: SplitMode = typer.Option("copy", help="How files are placed in DEST."),
+          mode: SplitMode = typer.Option(C.SPLIT_MODE, help="How files are placed in DEST."),
           force: bool = typer.Option(False, "--force", help="Replace train/, val/, test/ in a non-empty DEST."),
-          format: TableOrJson = typer.Option("table", "--format"),
+          format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
           quiet: bool = QuietOpt):
     """Split a class-folder tree into train/val/test, stratified and reproducible, with a manifest."""
     from imgclf.data.split import MANIFEST, split_dataset
@@ -161,7 +161,7 @@ def split(src: Path = typer.Argument(..., help="Folder of class folders (never m
 @app.command()
 @handle_errors
 def scan(data: Path = typer.Argument(..., help="Folder of class folders, or a split root."),
-         format: TableOrJson = typer.Option("table", "--format"),
+         format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
          duplicates: bool = typer.Option(True, help="Look for identical files (content hash)."),
          quiet: bool = QuietOpt):
     """Check a dataset: classes and counts, image sizes and modes, and every problem file with its reason."""
@@ -187,7 +187,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             dest: Path = typer.Argument(..., help="Output folder (originals are copied there too)."),
             per_image: Optional[int] = typer.Option(None, help="New images per original."),
             target_per_class: Optional[int] = typer.Option(None, help="Top each class up to N images."),
-            policy: Policy = typer.Option("medium", help="Augmentation policy (the options below override it)."),
+            policy: Policy = typer.Option(C.AUGMENT_POLICY, help="Augmentation policy (the options below override it)."),
             flip: Optional[Flip] = FlipOpt,
             rotate: Optional[float] = RotateOpt,
             shift: Optional[float] = ShiftOpt,
@@ -200,7 +200,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             grayscale: Optional[float] = GrayscaleOpt,
             randconv: Optional[float] = RandconvOpt,
             seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
-            mode: SplitMode = typer.Option("copy", help="How originals are placed in DEST."),
+            mode: SplitMode = typer.Option(C.SPLIT_MODE, help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
             quiet: bool = QuietOpt):
     """Write augmented copies of images to new files (offline augmentation), class folders preserved."""
@@ -308,13 +308,13 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
           distribute: Distribute = typer.Option(
-              "auto", "--distribute", help="auto: mirrored with several GPUs, multi-worker when TF_CONFIG "
+              C.DISTRIBUTE_MODE, "--distribute", help="auto: mirrored with several GPUs, multi-worker when TF_CONFIG "
               "names several workers, else none. See docs/distributed.md."),
           cluster_timeout: int = typer.Option(DEFAULT_CLUSTER_TIMEOUT, "--cluster-timeout", metavar="SECONDS",
                                               help="Multi-worker: fail when a worker has not joined, or has "
                                                    "stopped responding, for this long."),
           registry: Optional[Path] = RegistryOpt,
-          format: TableOrJson = typer.Option("table", "--format"),
+          format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
           quiet: bool = QuietOpt):
     """Train a classifier and save it as a new version in the registry."""
     # long only by its option list: the body is one TrainConfig and one library call
@@ -355,8 +355,8 @@ def evaluate(model: str = ModelArg(),
              data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
              out: Optional[Path] = typer.Option(None, help="Folder for the outputs (default: the model's "
                                                            "registry folder, evaluation/)."),
-             backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
-             format: TableOrJson = typer.Option("table", "--format"),
+             backend: Backend = typer.Option(C.DEFAULT_BACKEND, help="auto: the ONNX export when there is one."),
+             format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
              force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
              target_accuracy: Optional[float] = typer.Option(None, metavar="A", help="Also find the lowest "
                                                              "confidence threshold that reaches accuracy A on "
@@ -364,7 +364,7 @@ def evaluate(model: str = ModelArg(),
              html: bool = typer.Option(True, "--html/--no-html", help="Write report.html, one self-contained "
                                                                       "page (default), or not."),
              open_report: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
-             report_images: int = typer.Option(200, "--report-images", metavar="N",
+             report_images: int = typer.Option(C.REPORT_IMAGES, "--report-images", metavar="N",
                                                help="Thumbnails inlined in report.html (mistakes first); the "
                                                     "other images are listed by path."),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
@@ -403,7 +403,7 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
             top_k: int = typer.Option(C.PREDICT_TOP_K, help="How many (label, probability) pairs per image."),
             format: Optional[OutFormat] = typer.Option(None, "--format", help="Default: table on a terminal, "
                                                                               "else jsonl."),
-            backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
+            backend: Backend = typer.Option(C.DEFAULT_BACKEND, help="auto: the ONNX export when there is one."),
             precision: Precision = typer.Option(C.PREDICT_PRECISION, help="int8: the model's model.int8.onnx "
                                                                          "(from `imgclf export --quantize int8`)."),
             batch_size: int = typer.Option(C.PREDICT_BATCH_SIZE, help="Images per batch."),
@@ -435,8 +435,8 @@ def compare(model_a: str = ModelArg(help="Model A (e.g. the one in production)."
             data: Path = typer.Argument(..., help="Split root (uses test/, else val/) or a class-folder tree."),
             out: Optional[Path] = typer.Option(None, help="Folder for compare.json, disagreements.csv/.png "
                                                           "(default: B's registry folder, compare/A/)."),
-            backend: Backend = typer.Option("auto", help="auto: the ONNX export when there is one."),
-            format: TableOrJson = typer.Option("table", "--format"),
+            backend: Backend = typer.Option(C.DEFAULT_BACKEND, help="auto: the ONNX export when there is one."),
+            format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
             force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
             registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Compare two models image by image: accuracies, per-class recall, the images only one gets right,
@@ -511,7 +511,7 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
 # ---------------------------------------------------------------------------------------------- models
 @models_app.command("list")
 @handle_errors
-def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = typer.Option("table", "--format")):
+def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format")):
     """List the models in the registry (and any unfinished runs)."""
     from imgclf import registry as reg
 
@@ -609,7 +609,7 @@ def models_tag(model: str = ModelArg(help="NAME:VERSION to tag."),
                max_regressions: Optional[int] = typer.Option(None, metavar="N", help="--gate: at most N images "
                                                              "the current version gets right may turn wrong "
                                                              "(default: no limit)."),
-               min_accuracy_delta: float = typer.Option(0.0, metavar="D", help="--gate: the accuracy may fall "
+               min_accuracy_delta: float = typer.Option(C.GATE_MIN_ACCURACY_DELTA, metavar="D", help="--gate: the accuracy may fall "
                                                         "by at most D (default 0: at least as accurate; "
                                                         "negative: must gain -D)."),
                registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
@@ -617,7 +617,7 @@ def models_tag(model: str = ModelArg(help="NAME:VERSION to tag."),
     from imgclf import registry as reg
 
     if gate is None:
-        if max_regressions is not None or min_accuracy_delta != 0.0:
+        if max_regressions is not None or min_accuracy_delta != C.GATE_MIN_ACCURACY_DELTA:
             from imgclf.errors import UsageError
             raise UsageError("--max-regressions and --min-accuracy-delta apply with --gate DATA only")
         ref = reg.set_tag(registry, model, alias)

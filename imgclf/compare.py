@@ -21,10 +21,10 @@ from typing import Optional
 import numpy as np
 
 from imgclf import registry
+from imgclf.config import COMPARE_DIR, COMPARE_FILE, COMPARE_FILES, DEFAULT_BACKEND, GATE_MIN_ACCURACY_DELTA, PICTURE_IMAGES
 from imgclf.errors import DataError, GateRefused, ImgclfError, UsageError
 
-OUTPUT_FILES = ("compare.json", "disagreements.csv", "disagreements.png")
-COMPARE_DIR = "compare"
+OUTPUT_FILES = COMPARE_FILES
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -61,7 +61,7 @@ def _classify(clf, ds, reporter):
 
 
 def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out: Optional[Path] = None,
-                   backend: str = "auto", force: bool = False, reporter=None) -> dict:
+                   backend: str = DEFAULT_BACKEND, force: bool = False, reporter=None) -> dict:
     from imgclf.data.scan import scan
     from imgclf.evaluate import evaluation_folder
     from imgclf.plots import disagreements_png
@@ -154,7 +154,8 @@ def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out
 
 
 def gated_tag(registry_dir, model: str, alias: str, data, max_regressions: Optional[int] = None,
-              min_accuracy_delta: float = 0.0, backend: str = "auto", reporter=None) -> dict:
+              min_accuracy_delta: float = GATE_MIN_ACCURACY_DELTA, backend: str = DEFAULT_BACKEND,
+              reporter=None) -> dict:
     """Move TAG to MODEL only when, on DATA, MODEL breaks at most `max_regressions` images that the version
     holding TAG gets right and is at most `min_accuracy_delta` less accurate. Raises GateRefused (TAG
     untouched) otherwise. A TAG held by no version passes. Returns {"tagged", "current", "compare"}."""
@@ -180,7 +181,7 @@ def gated_tag(registry_dir, model: str, alias: str, data, max_regressions: Optio
         return {"tagged": ref.label, "current": None if current is None else current.label, "compare": None}
     report = compare_models(current, candidate, data, backend=backend, reporter=reporter)
     regressions, delta = report["only_a_right"], report["accuracy_delta"]
-    path = Path(report["outputs"]) / "compare.json"
+    path = Path(report["outputs"]) / COMPARE_FILE
     reasons = []
     if max_regressions is not None and regressions > max_regressions:
         reasons.append(f"it breaks {regressions} images that {current.label} gets right (at most "

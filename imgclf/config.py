@@ -1,11 +1,18 @@
-"""Typed configuration: the single home of imgclf's defaults, validated up front.
+"""Typed configuration: the single home of imgclf's defaults, validated up front. The CLI's option
+defaults and the library's keyword defaults both read the constants below.
 
-Overrides come in one order: these defaults < the architecture's own defaults (image size, weights)
-< command-line options.
+`imgclf train` fills an option in this order, a later step winning over an earlier one:
+  1. the architecture's own default (only the image size: 224 for MobileNet; cnn/mlp: chosen from the
+     data, see train.choose_spec), used when nothing below sets it;
+  2. the defaults by how the network starts (SCRATCH_DEFAULTS or PRETRAINED_DEFAULTS, adjusted to the
+     number of training images: see resolve). For a pretrained network these include the image size, so
+     PRETRAINED_DEFAULTS' 160 px wins over MobileNet's own 224 (which applies with --weights none);
+  3. the command-line options (or, with --resume, the configuration the run was started with).
+`resolve` is the one function that does steps 2 and 3; it returns a new TrainConfig.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from imgclf.errors import UsageError
@@ -107,6 +114,34 @@ EXPORT_OPSET = 17
 PREDICT_PRECISION = "fp32"
 QUANTIZE_CALIBRATION_IMAGES = 300               # training images the int8 activation ranges are calibrated on
 QUANTIZE_MAX_ACCURACY_DROP = 1.0                # points of held-out accuracy the int8 file may lose
+DEFAULT_BACKEND = "auto"                        # predict/evaluate/compare --backend (one of BACKENDS)
+SPLIT_MODE = "copy"                             # split/augment --mode (one of SPLIT_MODES)
+AUGMENT_POLICY = "medium"                       # `imgclf augment --policy` (train's depends on the network)
+DISTRIBUTE_MODE = "auto"                        # train --distribute (see imgclf/distribute.py)
+OUTPUT_FORMAT = "table"                         # --format of the commands that print a table or JSON
+REPORT_IMAGES = 200                             # evaluate --report-images: thumbnails inlined in report.html
+PICTURE_IMAGES = 25                             # images in misclassified.png and disagreements.png
+INFERENCE_BATCH_SIZE = 64                       # images per batch when evaluate/compare/calibration run a model
+GATE_MIN_ACCURACY_DELTA = 0.0                   # models tag --gate --min-accuracy-delta
+
+# The files and folders imgclf writes (names users see in the registry and in --out folders)
+METADATA_FILE = "metadata.json"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+TAGS_FILE = "tags.json"
+RUN_FILE = "run.json"
+CARD_FILE = "MODEL_CARD.md"
+REPORT_FILE = "report.html"
+METRICS_FILE = "metrics.json"
+COMPARE_FILE = "compare.json"
+EVALUATION_DIR = "evaluation"                   # evaluate's default --out, inside the model's version folder
+COMPARE_DIR = "compare"                         # compare's default --out, inside model B's version folder
+EVALUATION_FILES = (METRICS_FILE, "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
+                    "misclassified.png", "reliability.png", "risk_coverage.png")
+COMPARE_FILES = (COMPARE_FILE, "disagreements.csv", "disagreements.png")
 
 
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
@@ -193,50 +228,18 @@ class TrainConfig:
     memory: Optional[float] = None        # weight of the nearest-neighbour vote, 0..1 (0 = off); None: default
 
     def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
-        """Fill the options left unset (None) with the defaults for a network trained from scratch or
-        from pretrained weights; options the user gave are kept. From scratch on `n_train` training
-        images, the default epochs shrink so that training sees about SCRATCH_IMAGE_BUDGET images, and
-        a run of fewer than COSINE_MIN_STEPS steps gets no augmentation instead of the `pixel` policy,
-        while a run that is that long even at SCRATCH_LONG_RUN's batch size gets that batch size (and its
-        learning rate, unless --lr is given). The learning-rate schedule is left to resolve_schedule (it
-        needs the replica count)."""
-        defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
-        if not pretrained and n_train and self.epochs is None:
-            self.epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
-        if self.batch_size is None:
-            self.batch_size = SCRATCH_LONG_RUN["batch_size"]
-            if pretrained or not n_train or self.optimizer_steps(n_train) < COSINE_MIN_STEPS:
-                self.batch_size = defaults["batch_size"]
-            elif self.lr is None:
-                self.lr = SCRATCH_LONG_RUN["lr"]
-        for key in ("epochs", "lr", "fine_tune_epochs", "image_size", "label_smoothing"):
-            if getattr(self, key) is None and key in defaults:
-                setattr(self, key, defaults[key])
-        if self.memory is None:
-            self.memory = defaults["memory"] if not n_train or n_train <= MEMORY_MAX_IMAGES else 0.0
-        if self.augment_policy is None:
-            self.augment_policy = defaults["augment_policy"]
-            if not pretrained and n_train and self.optimizer_steps(n_train) < COSINE_MIN_STEPS:
-                # a short run from scratch is not long enough to overfit: shifts only slowed it down (on
-                # the quickstart and on 3 epochs of 6,000 Fashion-MNIST images, docs/benchmarks.md)
-                self.augment_policy = "none"
-            self.augment = AugmentConfig.from_options(self.augment_policy, **self.augment_overrides)
-        self.validate()
+        """In place: `resolve(self, pretrained, n_train)` copied into this object (for train.py until it
+        takes resolve's new object; new code calls resolve)."""
+        self.__dict__.update(resolve(self, pretrained, n_train).__dict__)
 
     def resolve_schedule(self, pretrained: bool, n_train: Optional[int] = None, replicas: int = 1) -> None:
-        """Fill --lr-schedule when the user left it unset (after resolve_defaults, once the number of
-        replicas is known): the default by how the network starts, except that a run from scratch of
-        fewer than COSINE_MIN_STEPS optimizer steps keeps the plateau schedule (a step takes
-        `batch_size` images on each of `replicas` replicas)."""
-        if self.lr_schedule is not None:
-            return
-        self.lr_schedule = (PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS)["lr_schedule"]
-        if not pretrained and n_train and self.optimizer_steps(n_train, replicas) < COSINE_MIN_STEPS:
-            self.lr_schedule = "plateau"
+        """In place: `resolve(self, pretrained, n_train, replicas)` copied into this object (see
+        resolve_defaults; resolving twice changes nothing the first call filled)."""
+        self.__dict__.update(resolve(self, pretrained, n_train, replicas).__dict__)
 
     def optimizer_steps(self, n_train: int, replicas: int = 1) -> int:
         """Steps of a run of `epochs` over `n_train` images, a step taking `batch_size` on each replica."""
-        return -(-n_train // (self.batch_size * max(1, replicas))) * self.epochs
+        return _steps(n_train, self.batch_size, self.epochs, replicas)
 
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -275,3 +278,52 @@ class TrainConfig:
         d = dict(d)
         augment = AugmentConfig(**d.pop("augment"))
         return cls(**d, augment=augment)
+
+
+def _steps(n_train: int, batch_size: int, epochs: int, replicas: int = 1) -> int:
+    return -(-n_train // (batch_size * max(1, replicas))) * epochs
+
+
+def resolve(cfg: TrainConfig, pretrained: bool, n_train: Optional[int] = None,
+            replicas: Optional[int] = None) -> TrainConfig:
+    """A new TrainConfig with the options left unset (None) filled with the defaults for a network
+    trained from scratch or from pretrained weights; options the user gave are kept, and `cfg` is not
+    changed. From scratch on `n_train` training images, the default epochs shrink so that training sees
+    about SCRATCH_IMAGE_BUDGET images, and a run of fewer than COSINE_MIN_STEPS steps gets no augmentation
+    instead of the `pixel` policy, while a run that is that long even at SCRATCH_LONG_RUN's batch size gets
+    that batch size (and its learning rate, unless --lr is given). The learning-rate schedule is filled
+    once `replicas` is known (None: left unset): a step takes `batch_size` images on each replica, and a
+    run from scratch of fewer than COSINE_MIN_STEPS steps keeps the plateau schedule. Resolving a
+    resolved config changes nothing."""
+    defaults = PRETRAINED_DEFAULTS if pretrained else SCRATCH_DEFAULTS
+    short = lambda batch, epochs, reps=1: (not pretrained and bool(n_train)  # noqa: E731
+                                           and _steps(n_train, batch, epochs, reps) < COSINE_MIN_STEPS)
+    epochs, lr = cfg.epochs, cfg.lr
+    if epochs is None and not pretrained and n_train:
+        epochs = max(1, min(defaults["epochs"], -(-SCRATCH_IMAGE_BUDGET // n_train)))
+    batch_size = cfg.batch_size
+    if batch_size is None:
+        long_run = not pretrained and n_train and not short(SCRATCH_LONG_RUN["batch_size"], epochs)
+        batch_size = SCRATCH_LONG_RUN["batch_size"] if long_run else defaults["batch_size"]
+        if long_run and lr is None:
+            lr = SCRATCH_LONG_RUN["lr"]
+    filled = dict(epochs=epochs, lr=lr, fine_tune_epochs=cfg.fine_tune_epochs, image_size=cfg.image_size,
+                  label_smoothing=cfg.label_smoothing)
+    filled = {k: defaults.get(k) if v is None else v for k, v in filled.items()}
+    memory = cfg.memory
+    if memory is None:
+        memory = defaults["memory"] if not n_train or n_train <= MEMORY_MAX_IMAGES else 0.0
+    policy, augment = cfg.augment_policy, cfg.augment
+    if policy is None:
+        # a short run from scratch is not long enough to overfit: shifts only slowed it down (on the
+        # quickstart and on 3 epochs of 6,000 Fashion-MNIST images, docs/benchmarks.md)
+        policy = "none" if short(batch_size, filled["epochs"]) else defaults["augment_policy"]
+        augment = AugmentConfig.from_options(policy, **cfg.augment_overrides)
+    schedule = cfg.lr_schedule
+    if schedule is None and replicas is not None:
+        schedule = "plateau" if short(batch_size, filled["epochs"], replicas) else defaults["lr_schedule"]
+    out = replace(cfg, batch_size=batch_size, memory=memory, augment_policy=policy, augment=replace(augment),
+                  augment_overrides=dict(cfg.augment_overrides),
+                  lr_schedule=schedule, **filled)
+    out.validate()
+    return out

@@ -11,13 +11,14 @@ from typing import Optional, Tuple
 import numpy as np
 
 from imgclf import registry
+from imgclf.config import (DEFAULT_BACKEND, EVALUATION_DIR, EVALUATION_FILES, METRICS_FILE, PICTURE_IMAGES,
+                           REPORT_FILE, REPORT_IMAGES)
 from imgclf.data.pipeline import decode
 from imgclf.data.scan import find_split_dirs, scan
 from imgclf.errors import DataError, UsageError
 from imgclf.predict import load_classifier, predict_probabilities
 
-OUTPUT_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv",
-                "misclassified.png", "reliability.png", "risk_coverage.png")
+OUTPUT_FILES = EVALUATION_FILES
 
 
 def evaluation_folder(data) -> Path:
@@ -31,8 +32,8 @@ def evaluation_folder(data) -> Path:
     return root
 
 
-def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = "auto",
-             force: bool = False, reporter=None, html: bool = True, report_images: int = 200,
+def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = DEFAULT_BACKEND,
+             force: bool = False, reporter=None, html: bool = True, report_images: int = REPORT_IMAGES,
              target_accuracy: Optional[float] = None) -> dict:
     """Run the model on DATA (test/ of a split root, else val/, else the tree), write OUTPUT_FILES to `out`
     (default: the model's evaluation/ folder; an existing --out is overwritten only with `force`) and
@@ -47,9 +48,9 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
     check_probability("target-accuracy", target_accuracy)
     folder = evaluation_folder(data)
     user_out = out is not None
-    out = Path(out) if out else (ref.path / "evaluation")
+    out = Path(out) if out else (ref.path / EVALUATION_DIR)
     if user_out and not force:
-        clash = [f for f in OUTPUT_FILES + (("report.html",) if html else ()) if (out / f).exists()]
+        clash = [f for f in OUTPUT_FILES + ((REPORT_FILE,) if html else ()) if (out / f).exists()]
         if clash:
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
@@ -61,7 +62,7 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
               "images": int(len(d.labels)), "skipped": len(problems)} | scores
     report = {k: v for k, v in report.items() if k != "misclassified"} | confidence_report | \
         {"misclassified": report["misclassified"]}
-    write_outputs(out, report, [d.pixels[i] for i in wrong[:25]])
+    write_outputs(out, report, [d.pixels[i] for i in wrong[:PICTURE_IMAGES]])
     reliability_png(out / "reliability.png", report["reliability"], report["calibration"])
     risk_coverage_png(out / "risk_coverage.png", probs, d.labels, report["risk_coverage"],
                       report.get("target_accuracy"))
@@ -129,7 +130,7 @@ def write_outputs(out: Path, report: dict, worst_pixels) -> None:
 
     class_names, misclassified = report["class_names"], report["misclassified"]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metrics.json", "w", encoding="utf-8") as f:
+    with open(out / METRICS_FILE, "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in report.items() if k != "misclassified"} |
                   {"misclassified_count": len(misclassified)}, f, indent=2)
     with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:

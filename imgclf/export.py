@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.calibration import apply_temperature, temperature_of
-from imgclf.config import EXPORT_OPSET
+from imgclf.config import EXPORT_OPSET, ONNX_FILE
 from imgclf.errors import ExportError, ImageError, UsageError
 from imgclf.onnx_meta import metadata_props
 from imgclf.preprocessing import PreprocessingSpec, load_image
@@ -39,15 +40,21 @@ def _float32_model(ref: registry.ModelRef, model):
     from imgclf.architectures import get_architecture
     from imgclf.config import TrainConfig
 
-    keras.mixed_precision.set_global_policy("float32")
-    cfg = TrainConfig.from_dict(ref.metadata["config"])
-    cfg.weights = "none"
+    cfg = replace(TrainConfig.from_dict(ref.metadata["config"]), weights="none")
     spec = ref.spec
-    fresh = get_architecture(ref.metadata["arch"]).build(spec.shape, len(ref.metadata["class_names"]), cfg)
-    remembered = ref.metadata.get("memory")
-    if remembered:
-        fresh = memory.with_memory(fresh, remembered["images"], remembered["width"], len(ref.metadata["class_names"]),
-                                   remembered["weight"], remembered["temperature"])
+    # the float32 rebuild needs Keras' global dtype policy at float32; it is put back afterwards, so that
+    # exporting never changes the policy of the process that called it
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        fresh = get_architecture(ref.metadata["arch"]).build(spec.shape, len(ref.metadata["class_names"]), cfg)
+        remembered = ref.metadata.get("memory")
+        if remembered:
+            fresh = memory.with_memory(fresh, remembered["images"], remembered["width"],
+                                       len(ref.metadata["class_names"]), remembered["weight"],
+                                       remembered["temperature"])
+    finally:
+        keras.mixed_precision.set_global_policy(before)
     fresh.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return fresh
 
@@ -109,7 +116,7 @@ def export_onnx(ref: registry.ModelRef, out: Optional[Path] = None, opset: int =
                              f"{spec.image_size[0]}x{spec.image_size[1]}x{spec.channels}; output probabilities "
                              f"over class_names (metadata_props), calibrated with temperature {temperature:g}")
 
-    tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / "model.onnx"
+    tmp = Path(tempfile.mkdtemp(prefix="imgclf-export-")) / ONNX_FILE
     try:
         onnx.save(onnx_model, str(tmp))
         report = verify(ref, model, tmp, spec, check_paths, temperature, saved=saved)

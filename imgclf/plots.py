@@ -6,6 +6,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from imgclf.config import PICTURE_IMAGES
+
 
 def _font(size: int) -> Tuple[ImageFont.ImageFont, bool]:
     """(font, has_unicode_arrow)."""
@@ -58,7 +60,7 @@ def confusion_matrix_png(path, class_names: Sequence[str], matrix: np.ndarray) -
     img.save(path)
 
 
-def misclassified_png(path, rows: List[dict], pixels: List[np.ndarray], max_images: int = 25) -> None:
+def misclassified_png(path, rows: List[dict], pixels: List[np.ndarray], max_images: int = PICTURE_IMAGES) -> None:
     """A grid of the most confident mistakes, each titled 'true → predicted (p)'."""
     rows, pixels = rows[:max_images], pixels[:max_images]
     font, unicode_ok = _font(12)
@@ -175,7 +177,8 @@ def risk_coverage_png(path, probs: np.ndarray, labels: np.ndarray, rows: List[di
     img.save(path)
 
 
-def disagreements_png(path, rows: List[dict], pixels: List[np.ndarray], heading: str, max_images: int = 25) -> None:
+def disagreements_png(path, rows: List[dict], pixels: List[np.ndarray], heading: str,
+                      max_images: int = PICTURE_IMAGES) -> None:
     """A grid of images two models disagree on, each titled with the true class and both predictions."""
     rows, pixels = rows[:max_images], pixels[:max_images]
     font, _ = _font(12)

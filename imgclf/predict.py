@@ -19,7 +19,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from imgclf.calibration import apply_temperature, check_probability, temperature_of
-from imgclf.config import BACKENDS, OUTPUT_FORMATS, PRECISIONS, PREDICT_BATCH_SIZE, PREDICT_TOP_K
+from imgclf.config import (BACKENDS, DEFAULT_BACKEND, INFERENCE_BATCH_SIZE, OUTPUT_FORMATS, PRECISIONS,
+                           PREDICT_BATCH_SIZE, PREDICT_PRECISION, PREDICT_TOP_K)
 from imgclf.errors import DataError, ImageError, UsageError
 from imgclf.data.files import InOrderMapper
 from imgclf.preprocessing import load_image
@@ -90,10 +91,10 @@ class KerasClassifier(Classifier):
         return apply_temperature(out, self.temperature) if calibrated else out
 
 
-def load_classifier(ref: ModelRef, backend: str = "auto", precision: str = "fp32") -> Classifier:
+def load_classifier(ref: ModelRef, backend: str = DEFAULT_BACKEND, precision: str = PREDICT_PRECISION) -> Classifier:
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision != "fp32":
+    if precision != PRECISIONS[0]:  # fp32: model.onnx or model.keras
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend == "keras":
@@ -125,7 +126,7 @@ def expand_inputs(items: Sequence[str], stdin=None) -> Iterator[str]:
             yield item
 
 
-def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = 64,
+def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE,
                           calibrated: bool = True) -> np.ndarray:
     out = [clf.probabilities(pixels[i:i + batch_size], calibrated) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)

@@ -5,7 +5,9 @@ the model's `PreprocessingSpec` travels with it (metadata.json and the ONNX meta
 three can never disagree. Numeric scaling is not done here: the model takes raw 0..255 pixels and
 scales them inside its graph.
 
-Steps, in order: open by content (not by extension) -> first frame -> refuse decompression bombs
+Steps, in order: open by content (not by extension) -> first frame -> refuse decompression bombs (our
+own MAX_PIXELS limit, checked on the header with a message naming the file; Pillow's process-wide guard,
+Image.MAX_IMAGE_PIXELS, is left as the program set it: it is only stepped aside while imgclf decodes)
 -> EXIF orientation -> mode to L or RGB (16-bit scaled to 8 bit, transparency composited on
 `background`, CMYK/YCbCr/palette converted) -> resize to `image_size` (bilinear, stretched, no crop)
 -> uint8 array of shape (height, width, channels).
@@ -14,8 +16,9 @@ Only Pillow and NumPy are imported here: the prediction path must not import Ten
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import warnings
+import threading
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
@@ -25,9 +28,30 @@ from PIL import Image, ImageOps
 from imgclf.config import BACKGROUND, MAX_PIXELS
 from imgclf.errors import ImageError
 
-# Pillow only warns about big images; we refuse them ourselves, with a message, before decoding.
-Image.MAX_IMAGE_PIXELS = None
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+_guard_lock = threading.Lock()
+_guard_users = 0
+_guard_saved = None
+
+
+@contextlib.contextmanager
+def own_pixel_limit():
+    """While imgclf opens and decodes a file: Pillow's own decompression-bomb guard stepped aside (it only
+    warns up to twice its limit, and raises without naming the file above), our MAX_PIXELS check in
+    open_image instead. Pillow's setting is restored as it was when the last decode in flight ends (the
+    decoders run in threads, so the save/restore is counted under a lock). Re-entrant."""
+    global _guard_users, _guard_saved
+    with _guard_lock:
+        if _guard_users == 0:
+            _guard_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _guard_users += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_users -= 1
+            if _guard_users == 0:
+                Image.MAX_IMAGE_PIXELS = _guard_saved
 
 #: --resize filters a spec can name (Pillow's); the image is stretched to the size, never cropped
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
@@ -95,7 +119,8 @@ def _is_empty(path: str) -> bool:
 
 
 def open_image(path) -> Image.Image:
-    """Open by content and check the header; raise ImageError(path, reason) when unusable."""
+    """Open by content and check the header (at most MAX_PIXELS pixels); raise ImageError(path, reason)
+    when unusable. Call it inside own_pixel_limit() (the decoders here do)."""
     p = os.fspath(path)
     # No stat before opening (one system call less per image: it shows on folders of small files);
     # the reasons that need one are worked out after a failure.
@@ -115,6 +140,8 @@ def open_image(path) -> Image.Image:
         raise ImageError(p, f"unreadable image ({e})") from None
     except (ValueError, SyntaxError) as e:
         raise ImageError(p, f"unreadable image ({e})") from None
+    except Image.DecompressionBombError as e:  # a caller outside own_pixel_limit(), with Pillow's guard on
+        raise ImageError(p, f"too large to decode safely ({e})") from None
     w, h = im.size
     if w * h > MAX_PIXELS:
         im.close()
@@ -165,6 +192,11 @@ def _decode(path, channels: int, background, size: Optional[Tuple[int, int]] = N
     """The one decoder: open by content, first frame, (JPEG draft), EXIF orientation, mode -> `channels`
     (alpha on `background`), optional resize to `size` = (height, width) or, with `fit`, a shrink that keeps
     the aspect ratio until the longer side is at most `fit`; uint8 HWC. Raises ImageError."""
+    with own_pixel_limit():
+        return _decode_open(path, channels, background, size, jpeg_draft, resample, fit)
+
+
+def _decode_open(path, channels: int, background, size, jpeg_draft: bool, resample: str, fit) -> np.ndarray:
     im = open_image(path)
     try:
         with im:
@@ -199,9 +231,10 @@ def load_image(path, spec: PreprocessingSpec) -> np.ndarray:
 
 def peek(path) -> Tuple[int, int, str, str]:
     """(width, height, mode, format) from the header alone. Raises ImageError."""
-    im = open_image(path)
-    with im:
-        return im.size[0], im.size[1], im.mode, im.format or "?"
+    with own_pixel_limit():
+        im = open_image(path)
+        with im:
+            return im.size[0], im.size[1], im.mode, im.format or "?"
 
 
 def load_full(path, channels: int) -> np.ndarray:

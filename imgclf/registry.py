@@ -24,17 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from imgclf import config
 from imgclf.errors import ModelError, ModelNotFound, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-METADATA = "metadata.json"
-KERAS_FILE = "model.keras"
-ONNX_FILE = "model.onnx"
-INT8_ONNX_FILE = "model.int8.onnx"
+METADATA = config.METADATA_FILE
+KERAS_FILE = config.KERAS_FILE
+ONNX_FILE = config.ONNX_FILE
+INT8_ONNX_FILE = config.INT8_ONNX_FILE
 #: the model files a version can hold, in the order `models show` lists them
 MODEL_FILES = (KERAS_FILE, ONNX_FILE, INT8_ONNX_FILE)
-HISTORY = "history.csv"
-CURVES = "curves.png"  # drawn from history.csv at the end of training
+HISTORY = config.HISTORY_FILE
+CURVES = config.CURVES_FILE  # drawn from history.csv at the end of training
+TAGS = config.TAGS_FILE
 STAGING = ".staging"
 #: the environment variable that moves the registry (the CLI's --registry DIR wins over it)
 HOME_ENV = "IMGCLF_HOME"
@@ -252,7 +254,7 @@ def _load_ref(folder: Path) -> ModelRef:
 
 def tags(root: Path, name: str) -> Dict[str, int]:
     """TAG -> version of model NAME (empty when it has none or the file is unreadable)."""
-    p = root / name / "tags.json"
+    p = root / name / TAGS
     try:
         return read_json(p) if p.is_file() else {}
     except (OSError, ValueError):
@@ -354,7 +356,7 @@ def remove(registry, ref: str) -> Path:
         counter.write_text(str(max(last, version)))
         aliases = tags(root, name)
         if any(int(v) == version for v in aliases.values()):
-            write_json_atomic(root / name / "tags.json", {k: v for k, v in aliases.items() if int(v) != version})
+            write_json_atomic(root / name / TAGS, {k: v for k, v in aliases.items() if int(v) != version})
         trash = root / STAGING / f".rm-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(target, trash)  # atomic: gone from listings at once
@@ -389,7 +391,7 @@ def set_tag(registry, ref: str, alias: str, expect_version=_ANY) -> ModelRef:
             raise ImgclfError(f"{name}:{alias} moved to version {aliases.get(alias)} meanwhile; not changed "
                               "(run the command again)")
         aliases[alias] = int(model.metadata["version"])
-        write_json_atomic(root / name / "tags.json", aliases)
+        write_json_atomic(root / name / TAGS, aliases)
     return model
 
 
@@ -440,7 +442,7 @@ def unfinished_runs(registry) -> List[Tuple[Path, dict, bool]]:
         for run in sorted(staging.iterdir()):
             info = {}
             try:
-                info = read_json(run / "run.json")
+                info = read_json(run / config.RUN_FILE)
             except (OSError, ValueError):
                 pass
             out.append((run, info, pid_alive(info.get("pid")) if info else False))

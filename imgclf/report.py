@@ -26,10 +26,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-REPORT_FILE = "report.html"
-COMPARE_FILE = "compare.json"
+from imgclf.config import COMPARE_FILE, REPORT_FILE, REPORT_IMAGES
+
 THUMB_PX = 96
-DEFAULT_IMAGES = 200
+DEFAULT_IMAGES = REPORT_IMAGES
 #: beyond this many classes the matrix is shown as a list of its largest cells (a 1000x1000 table is no use)
 MAX_MATRIX_CLASSES = 60
 MAX_CONFUSIONS_LISTED = 300

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from imgclf import registry
-from imgclf.config import TrainConfig
+from imgclf.config import RUN_FILE, TrainConfig
 from imgclf.errors import DataError, Interrupted, UsageError
 
-RUN_FILE = "run.json"
 HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
 

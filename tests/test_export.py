@@ -116,7 +116,14 @@ def test_mixed_precision_model_exports_float32_and_agrees(tmp_path, colour_data)
     saved = keras.models.load_model(reg / "mp" / "1" / "model.keras", safe_mode=True, compile=False)
     assert any(l.dtype_policy.name == "mixed_float16" for l in saved.layers)   # it really trained in float16
 
-    r = cli("export", "mp", "--registry", reg)
+    # an in-process caller's own global dtype policy survives the export (its float32 rebuild sets and
+    # restores it)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        r = cli("export", "mp", "--registry", reg)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     assert r.exit_code == 0, r.output
     model = onnx.load(str(reg / "mp" / "1" / "model.onnx"))
     f32 = onnx.TensorProto.FLOAT

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from imgclf.config import DEFAULT_SEED, SPLIT_MODES, SPLIT_TEST, SPLIT_VAL
+from imgclf.config import DEFAULT_SEED, SPLIT_MODE, SPLIT_MODES, SPLIT_TEST, SPLIT_VAL
 from imgclf.data.scan import Dataset, find_split_dirs, require_trainable, scan
 from imgclf.errors import DataError, UsageError
 
@@ -114,7 +114,7 @@ def place_file(src: str, dst: Path, mode: str) -> None:
 # split_dataset (~60 lines) is kept whole: its checks, then one staging folder filled and swapped in; the
 # try/finally that guarantees "a crash leaves DEST as it was" has to see all of it.
 def split_dataset(src, dest, val: float = SPLIT_VAL, test: float = SPLIT_TEST, seed: int = DEFAULT_SEED,
-                  mode: str = "copy",
+                  mode: str = SPLIT_MODE,
                   force: bool = False, progress: Optional[Callable[[int], None]] = None) -> SplitResult:
     src, dest = Path(src), Path(dest)
     if mode not in SPLIT_MODES:
