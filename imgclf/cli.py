@@ -317,7 +317,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format"),
           quiet: bool = QuietOpt):
     """Train a classifier and save it as a new version in the registry."""
-    # long only by its option list: the body is one TrainConfig and one library call
+    # long: only by its option list; the body is one TrainConfig and one library call
     from imgclf.errors import UsageError
     from imgclf.train import train as run_train
 

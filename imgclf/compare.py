@@ -16,12 +16,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
 
 from imgclf import registry
-from imgclf.config import COMPARE_DIR, COMPARE_FILE, COMPARE_FILES, DEFAULT_BACKEND, GATE_MIN_ACCURACY_DELTA, PICTURE_IMAGES
+from imgclf.config import (COMPARE_DIR, COMPARE_FILE, COMPARE_FILES, DEFAULT_BACKEND, GATE_MIN_ACCURACY_DELTA,
+                           PICTURE_IMAGES)
 from imgclf.errors import DataError, GateRefused, ImgclfError, UsageError
 
 OUTPUT_FILES = COMPARE_FILES
@@ -62,24 +64,76 @@ def _classify(clf, ds, reporter):
 
 def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out: Optional[Path] = None,
                    backend: str = DEFAULT_BACKEND, force: bool = False, reporter=None) -> dict:
-    from imgclf.data.scan import scan
+    """Both models on the same images of DATA (test/ of a split root, else val/, else the tree): the report
+    (`--format json`), also written to `out` with the disagreements as CSV and a picture."""
     from imgclf.evaluate import evaluation_folder
-    from imgclf.plots import disagreements_png
     from imgclf.predict import load_classifier
 
     folder = evaluation_folder(data)
-    user_out = out is not None
-    out = Path(out) if user_out else default_out(ref_a, ref_b)
-    if user_out and not force:
-        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
-        if clash:
-            raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
+    out = _output_folder(ref_a, ref_b, out, force)
     clf_a, clf_b = load_classifier(ref_a, backend), load_classifier(ref_b, backend)
     names = clf_a.class_names
     if sorted(names) != sorted(clf_b.class_names):
         raise UsageError(f"{ref_a.label} and {ref_b.label} have different classes ({', '.join(names)} vs "
                          f"{', '.join(clf_b.class_names)}); they cannot be compared image by image")
-    ds = scan(folder, class_names=names)
+    both = _classify_both(clf_a, clf_b, folder, reporter)
+    right_a, right_b = both.pred_a == both.y, both.pred_b == both.y
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    disagree, disagreements = _disagreements(both, names, right_a, right_b)
+    acc_a, acc_b = float(right_a.mean()), float(right_b.mean())
+    report = {
+        "model_a": ref_a.label, "model_b": ref_b.label, "data": os.path.abspath(folder),
+        "backend_a": clf_a.backend, "backend_b": clf_b.backend, "images": len(both.common),
+        "skipped": both.skipped,
+        "accuracy_a": round(acc_a, 6), "accuracy_b": round(acc_b, 6), "accuracy_delta": round(acc_b - acc_a, 6),
+        "both_right": int(np.sum(right_a & right_b)), "both_wrong": int(np.sum(~right_a & ~right_b)),
+        "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": round(mcnemar_exact(only_a, only_b), 6),
+        "per_class": _per_class(names, both.y, right_a, right_b), "disagreements": disagreements,
+    }
+    _write_outputs(out, report, both, disagree, f"A = {ref_a.label}, B = {ref_b.label}")
+    report["outputs"] = str(out)
+    return report
+
+
+def _output_folder(ref_a: registry.ModelRef, ref_b: registry.ModelRef, out: Optional[Path], force: bool) -> Path:
+    """--out (refused when it holds earlier outputs, unless `force`), else B's compare/A/ folder."""
+    if out is None:
+        return default_out(ref_a, ref_b)
+    out = Path(out)
+    if not force:
+        clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+        if clash:
+            raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
+    return out
+
+
+@dataclass
+class _Both:
+    """The images both models could read (`common`, in A's order), their labels and both answers."""
+
+    common: List[str]
+    y: np.ndarray
+    p_a: np.ndarray        # A's probabilities, rows as `common`
+    p_b: np.ndarray        # B's, with its columns in A's class order
+    pixels: np.ndarray     # the decoded images with the more channels (for the picture)
+    row_of: dict           # path -> row of `pixels`
+    skipped: int
+
+    @property
+    def pred_a(self) -> np.ndarray:
+        return self.p_a.argmax(1)
+
+    @property
+    def pred_b(self) -> np.ndarray:
+        return self.p_b.argmax(1)
+
+
+def _classify_both(clf_a, clf_b, folder: Path, reporter) -> _Both:
+    """Scan the folder in A's class order, decode it with each model's spec (once when they share it) and
+    run both; a file one spec cannot decode is left out for both."""
+    from imgclf.data.scan import scan
+
+    ds = scan(folder, class_names=clf_a.class_names)
     if reporter:
         for p in ds.problems:
             reporter.warn(f"skipped {p.path}: {p.reason}")
@@ -91,20 +145,19 @@ def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out
         d_b, p_b = d_a, predict_probabilities(clf_b, np.asarray(d_a.pixels))
     else:
         d_b, p_b = _classify(clf_b, ds, None)
-    # the same images for both (a file one spec cannot decode is left out of both), B's columns in A's order
     common = sorted(set(d_a.paths) & set(d_b.paths), key={p: i for i, p in enumerate(d_a.paths)}.get)
     if not common:
         raise DataError(f"{folder}: no decodable images to compare on")
     ia = {p: i for i, p in enumerate(d_a.paths)}
     ib = {p: i for i, p in enumerate(d_b.paths)}
     rows_a, rows_b = [ia[p] for p in common], [ib[p] for p in common]
-    p_a = p_a[rows_a]
-    p_b = p_b[rows_b][:, [clf_b.class_names.index(c) for c in names]]
-    y = np.asarray(d_a.labels)[rows_a]
-    pred_a, pred_b = p_a.argmax(1), p_b.argmax(1)
-    right_a, right_b = pred_a == y, pred_b == y
-    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    pixels, row_of = (d_a.pixels, ia) if clf_a.spec.channels >= clf_b.spec.channels else (d_b.pixels, ib)
+    return _Both(common=common, y=np.asarray(d_a.labels)[rows_a], p_a=p_a[rows_a],
+                 p_b=p_b[rows_b][:, [clf_b.class_names.index(c) for c in clf_a.class_names]],
+                 pixels=pixels, row_of=row_of, skipped=len(ds.problems) + len(ds.samples) - len(common))
 
+
+def _per_class(names, y: np.ndarray, right_a: np.ndarray, right_b: np.ndarray) -> List[dict]:
     per_class = []
     for k, c in enumerate(names):
         m = y == k
@@ -114,40 +167,42 @@ def compare_models(ref_a: registry.ModelRef, ref_b: registry.ModelRef, data, out
                           "recall_a": None if ra is None else round(ra, 6),
                           "recall_b": None if rb is None else round(rb, 6),
                           "delta": None if ra is None else round(rb - ra, 6)})
-    conf_a, conf_b = p_a.max(1), p_b.max(1)
+    return per_class
+
+
+def _disagreements(both: _Both, names, right_a: np.ndarray, right_b: np.ndarray):
+    """(Indices into `both.common`, rows) of the images only one model gets right: the ones B breaks first
+    (A right, B wrong), then the ones it fixes; the most confident mistakes first in each."""
+    pred_a, pred_b, y = both.pred_a, both.pred_b, both.y
+    conf_a, conf_b = both.p_a.max(1), both.p_b.max(1)
     disagree = np.flatnonzero(right_a != right_b)
-    # the images B breaks first (A right, B wrong), then the ones it fixes; the most confident mistakes first
     wrong_conf = np.where(right_a[disagree], conf_b[disagree], conf_a[disagree])
     disagree = disagree[np.lexsort((-wrong_conf, ~right_a[disagree]))]
-    disagreements = [{"path": common[i], "true": names[y[i]], "pred_a": names[pred_a[i]], "pred_b": names[pred_b[i]],
-                      "conf_a": round(float(conf_a[i]), 6), "conf_b": round(float(conf_b[i]), 6)} for i in disagree]
-    acc_a, acc_b = float(right_a.mean()), float(right_b.mean())
-    report = {
-        "model_a": ref_a.label, "model_b": ref_b.label, "data": os.path.abspath(folder),
-        "backend_a": clf_a.backend, "backend_b": clf_b.backend, "images": len(common),
-        "skipped": len(ds.problems) + len(ds.samples) - len(common),
-        "accuracy_a": round(acc_a, 6), "accuracy_b": round(acc_b, 6), "accuracy_delta": round(acc_b - acc_a, 6),
-        "both_right": int(np.sum(right_a & right_b)), "both_wrong": int(np.sum(~right_a & ~right_b)),
-        "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": round(mcnemar_exact(only_a, only_b), 6),
-        "per_class": per_class, "disagreements": disagreements,
-    }
+    rows = [{"path": both.common[i], "true": names[y[i]], "pred_a": names[pred_a[i]], "pred_b": names[pred_b[i]],
+             "conf_a": round(float(conf_a[i]), 6), "conf_b": round(float(conf_b[i]), 6)} for i in disagree]
+    return disagree, rows
+
+
+def _write_outputs(out: Path, report: dict, both: _Both, disagree: np.ndarray, heading: str) -> None:
+    """compare.json, disagreements.csv and disagreements.png in `out`."""
+    from imgclf.plots import disagreements_png
+
+    disagreements, only_a, only_b = report["disagreements"], report["only_a_right"], report["only_b_right"]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "compare.json", "w", encoding="utf-8") as f:
+    with open(out / COMPARE_FILE, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     with open(out / "disagreements.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["path", "true", "pred_a", "pred_b", "conf_a", "conf_b"])
         w.writeheader()
         w.writerows(disagreements)
-    # the picture: both kinds, the first of each (at most 25 in all, at least half for the bigger group)
-    k_a = min(only_a, max(25 - only_b, 13))
-    shown = list(range(k_a)) + list(range(only_a, only_a + min(only_b, 25 - k_a)))
-    pix, src = (d_a.pixels, ia) if clf_a.spec.channels >= clf_b.spec.channels else (d_b.pixels, ib)
+    # the picture: both kinds, the first of each (at most PICTURE_IMAGES in all, at least about half for
+    # the bigger group)
+    k_a = min(only_a, max(PICTURE_IMAGES - only_b, -(-PICTURE_IMAGES // 2)))
+    shown = list(range(k_a)) + list(range(only_a, only_a + min(only_b, PICTURE_IMAGES - k_a)))
     disagreements_png(out / "disagreements.png", [disagreements[j] for j in shown],
-                      [pix[src[common[disagree[j]]]] for j in shown],
-                      f"A = {ref_a.label}, B = {ref_b.label}: {only_a} only A right, {only_b} only B right"
+                      [both.pixels[both.row_of[both.common[disagree[j]]]] for j in shown],
+                      f"{heading}: {only_a} only A right, {only_b} only B right"
                       + (f" ({len(shown)} shown)" if len(disagree) > len(shown) else ""))
-    report["outputs"] = str(out)
-    return report
 
 
 # ----------------------------------------------------------------------------------------------- gate

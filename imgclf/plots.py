@@ -1,6 +1,7 @@
 """Pictures of an evaluation, drawn with Pillow: the confusion matrix and a grid of the worst mistakes."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -250,24 +251,40 @@ def phases_of(rows: List[dict]) -> List[Tuple[str, int, int]]:
     return out
 
 
+#: the curves picture's layout: one panel's plot area, its margins, and the gap between the two panels
+_CURVES_LAYOUT = dict(pw=430, ph=260, left=56, right=14, top=52, bottom=44, gutter=24)
+
+
 def curves_png(path, rows: List[dict], title: str = "") -> None:
     """Loss and accuracy per epoch (train solid, validation dashed), from history.csv rows; the epochs of a
     fine-tune phase are shaded and its start marked. `path` is a file name or a binary file object."""
     font, _ = _font(13)
     small, _ = _font(11)
-    pw, ph, left, right, top, bottom, gutter = 430, 260, 56, 14, 52, 44, 24
-    width, height = 2 * (left + pw + right) + gutter, top + ph + bottom
+    g = _CURVES_LAYOUT
+    width, height = 2 * (g["left"] + g["pw"] + g["right"]) + g["gutter"], g["top"] + g["ph"] + g["bottom"]
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    epochs = [int(float(r["epoch"])) for r in rows]
-    d.text((left, 8), title or "training curves", fill="black", font=font)
+    d.text((g["left"], 8), title or "training curves", fill="black", font=font)
     if not rows:
-        d.text((left, top + ph // 2), "no epochs recorded", fill=(120, 120, 120), font=font)
+        d.text((g["left"], g["top"] + g["ph"] // 2), "no epochs recorded", fill=(120, 120, 120), font=font)
         img.save(path, format="PNG")
         return
-    e_lo, e_hi = min(epochs), max(epochs)
     phases = phases_of(rows)
-    # legend (top right)
+    _curves_legend(d, rows, phases, width, small)
+    epochs = [int(float(r["epoch"])) for r in rows]
+    for index, metric in enumerate(("loss", "accuracy")):
+        x0 = index * (g["left"] + g["pw"] + g["right"] + g["gutter"]) + g["left"]
+        series = {s: [(_float(r.get(("val_" if s == "val" else "") + metric)), int(float(r["epoch"])))
+                      for r in rows] for s in ("train", "val")}
+        panel = _Panel.fit(metric, series, x0, g["top"], g["pw"], g["ph"], min(epochs), max(epochs))
+        _draw_phases(d, panel, phases, small)
+        _draw_axes(d, panel, metric, font, small)
+        _draw_series(d, panel, series)
+    img.save(path, format="PNG")
+
+
+def _curves_legend(d, rows: List[dict], phases, width: int, small) -> None:
+    """Top right: the train (solid) and validation (dashed) lines, and the fine-tune shading if any."""
     lx = width - 330
     has_val = any(_float(r.get("val_loss")) is not None or _float(r.get("val_accuracy")) is not None for r in rows)
     for name, label in (("train", "train"), ("val", "validation"))[:2 if has_val else 1]:
@@ -282,11 +299,24 @@ def curves_png(path, rows: List[dict], title: str = "") -> None:
         d.rectangle([lx, 15, lx + 20, 27], fill=PHASE_FILL["fine-tune"], outline=(150, 170, 200))
         d.text((lx + 26, 14), "fine-tune", fill="black", font=small)
 
-    for panel, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
-        x0 = panel * (left + pw + right + gutter) + left
-        y0 = top
-        series = {s: [(_float(r.get(("val_" if s == "val" else "") + metric)), int(float(r["epoch"])))
-                      for r in rows] for s in ("train", "val")}
+
+@dataclass
+class _Panel:
+    """One plot of the curves picture: where it is, and the value and epoch ranges it shows."""
+
+    x0: float
+    y0: float
+    pw: int
+    ph: int
+    lo: float
+    hi: float
+    step: float
+    e_lo: int
+    e_hi: int
+
+    @classmethod
+    def fit(cls, metric: str, series: dict, x0, y0, pw, ph, e_lo, e_hi) -> "_Panel":
+        """Accuracy from 0 to 1; loss from 0 to a round number above its largest value."""
         values = [v for s in series.values() for v, _ in s if v is not None]
         if metric == "accuracy":
             lo, hi = 0.0, 1.0
@@ -294,49 +324,67 @@ def curves_png(path, rows: List[dict], title: str = "") -> None:
             lo, hi = 0.0, max(values) * 1.05 if values and max(values) > 0 else 1.0
         step = _nice_step(hi - lo)
         hi = float(np.ceil(hi / step) * step) if metric != "accuracy" else hi
+        return cls(x0, y0, pw, ph, lo, hi, step, e_lo, e_hi)
 
-        def px(epoch):
-            return x0 + (pw * (epoch - e_lo) / (e_hi - e_lo) if e_hi > e_lo else pw / 2)
+    def px(self, epoch):
+        e_lo, e_hi = self.e_lo, self.e_hi
+        return self.x0 + (self.pw * (epoch - e_lo) / (e_hi - e_lo) if e_hi > e_lo else self.pw / 2)
 
-        def py(v):
-            return y0 + ph - ph * (v - lo) / (hi - lo)
+    def py(self, v):
+        return self.y0 + self.ph - self.ph * (v - self.lo) / (self.hi - self.lo)
 
-        half = pw / (2 * max(1, e_hi - e_lo)) if e_hi > e_lo else pw / 2
-        for phase, a, b in phases:
-            fill = PHASE_FILL.get(phase)
-            if fill:
-                d.rectangle([max(x0, px(a) - half), y0, min(x0 + pw, px(b) + half), y0 + ph], fill=fill)
-        for i, (phase, a, _) in enumerate(phases):
-            if i:  # where a later phase starts
-                xb = px(a) - half
-                d.line([(xb, y0), (xb, y0 + ph)], fill=(90, 110, 150), width=1)
-                d.text((xb + 4, y0 + 4), f"{phase} from epoch {a}", fill=(60, 80, 120), font=small)
-            elif len(phases) > 1:
-                d.text((x0 + 4, y0 + 4), f"{phase} epochs", fill=(60, 80, 120), font=small)
-        t = lo
-        while t <= hi + 1e-9:
-            y = py(t)
-            d.line([(x0, y), (x0 + pw, y)], fill=(228, 228, 228))
-            text = f"{round(t, 6):g}"
-            d.text((x0 - 8 - _text_w(d, text, small), y - 7), text, fill=(70, 70, 70), font=small)
-            t += step
-        estep = max(1, int(np.ceil((e_hi - e_lo + 1) / 10)))
-        for e in range(e_lo, e_hi + 1, estep):
-            d.line([(px(e), y0 + ph), (px(e), y0 + ph + 4)], fill=(70, 70, 70))
-            d.text((px(e) - _text_w(d, str(e), small) / 2, y0 + ph + 6), str(e), fill=(70, 70, 70), font=small)
-        d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(120, 120, 120))
-        d.text((x0 + pw / 2 - _text_w(d, "epoch", small) / 2, y0 + ph + 24), "epoch", fill="black", font=small)
-        d.text((x0, y0 - 20), label, fill="black", font=font)
-        for s in ("train", "val"):
-            pts = [(px(e), py(v)) for v, e in series[s] if v is not None]
-            if not pts:
-                continue
-            colour = CURVE_COLOURS[s]
-            if len(pts) > 1:
-                if s == "train":
-                    d.line(pts, fill=colour, width=2, joint="curve")
-                else:
-                    _dashed(d, pts, colour, 2)
-            for x, y in pts:
-                d.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
-    img.save(path, format="PNG")
+    @property
+    def half(self) -> float:
+        """Half an epoch's width: the shading of a phase reaches halfway to the next epoch."""
+        return self.pw / (2 * max(1, self.e_hi - self.e_lo)) if self.e_hi > self.e_lo else self.pw / 2
+
+
+def _draw_phases(d, p: _Panel, phases, small) -> None:
+    """The fine-tune epochs shaded; a line and a label where each later phase starts."""
+    x0, y0, pw, ph, half = p.x0, p.y0, p.pw, p.ph, p.half
+    for phase, a, b in phases:
+        fill = PHASE_FILL.get(phase)
+        if fill:
+            d.rectangle([max(x0, p.px(a) - half), y0, min(x0 + pw, p.px(b) + half), y0 + ph], fill=fill)
+    for i, (phase, a, _) in enumerate(phases):
+        if i:  # where a later phase starts
+            xb = p.px(a) - half
+            d.line([(xb, y0), (xb, y0 + ph)], fill=(90, 110, 150), width=1)
+            d.text((xb + 4, y0 + 4), f"{phase} from epoch {a}", fill=(60, 80, 120), font=small)
+        elif len(phases) > 1:
+            d.text((x0 + 4, y0 + 4), f"{phase} epochs", fill=(60, 80, 120), font=small)
+
+
+def _draw_axes(d, p: _Panel, label: str, font, small) -> None:
+    """Grid lines and values, epoch ticks (at most about 10), the frame and the titles."""
+    x0, y0, pw, ph = p.x0, p.y0, p.pw, p.ph
+    t = p.lo
+    while t <= p.hi + 1e-9:
+        y = p.py(t)
+        d.line([(x0, y), (x0 + pw, y)], fill=(228, 228, 228))
+        text = f"{round(t, 6):g}"
+        d.text((x0 - 8 - _text_w(d, text, small), y - 7), text, fill=(70, 70, 70), font=small)
+        t += p.step
+    estep = max(1, int(np.ceil((p.e_hi - p.e_lo + 1) / 10)))
+    for e in range(p.e_lo, p.e_hi + 1, estep):
+        d.line([(p.px(e), y0 + ph), (p.px(e), y0 + ph + 4)], fill=(70, 70, 70))
+        d.text((p.px(e) - _text_w(d, str(e), small) / 2, y0 + ph + 6), str(e), fill=(70, 70, 70), font=small)
+    d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(120, 120, 120))
+    d.text((x0 + pw / 2 - _text_w(d, "epoch", small) / 2, y0 + ph + 24), "epoch", fill="black", font=small)
+    d.text((x0, y0 - 20), label, fill="black", font=font)
+
+
+def _draw_series(d, p: _Panel, series: dict) -> None:
+    """Train solid, validation dashed, a dot at every epoch with a value."""
+    for s in ("train", "val"):
+        pts = [(p.px(e), p.py(v)) for v, e in series[s] if v is not None]
+        if not pts:
+            continue
+        colour = CURVE_COLOURS[s]
+        if len(pts) > 1:
+            if s == "train":
+                d.line(pts, fill=colour, width=2, joint="curve")
+            else:
+                _dashed(d, pts, colour, 2)
+        for x, y in pts:
+            d.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)

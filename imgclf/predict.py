@@ -243,6 +243,7 @@ def predict_batches(clf: Classifier, paths: Iterable[str], top_k: int = PREDICT_
     One function on purpose (~100 lines): the reader, the decoder and the model thread share the queue,
     the back-pressure counter and the stop flag, and the order of their hand-offs is the whole design;
     split into pieces it would read as four functions passing the same five objects around."""
+    # long: the reader, decoder and model threads share one queue, counter and stop flag (docstring)
     check_predict_args(top_k, batch_size)
     top_k = min(top_k, len(clf.class_names))  # "top 5" of a 3-class model: all 3
     spec = clf.spec
