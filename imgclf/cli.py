@@ -517,6 +517,9 @@ def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = ty
 
     models, debris = reg.list_models(registry)
     rows = [reg.summary(m) for m in models]
+    if not models:  # a new shell without the IMGCLF_HOME of the one that trained them, say
+        _reporter().info(f"no models in {reg.root_of(registry)}: train one with `imgclf train DATA`, or "
+                         f"{reg.ELSEWHERE_HINT}")
     if format == "json":
         _print_json({"registry": str(reg.root_of(registry)), "models": rows, "unfinished": debris})
         return

@@ -4,13 +4,28 @@ from __future__ import annotations
 import contextlib
 from typing import List, Optional, Sequence
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.markup import escape
 from rich.table import Table
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+#: the width of output that is not a terminal (a pipe, a file, a CI log): wide enough that no headline, log
+#: line or table cell (a path) is ever wrapped; the tables are only as wide as their contents
+UNWRAPPED_WIDTH = 10_000
+
+
+class _Console(Console):
+    """A rich Console that wraps only on a terminal (rich's default elsewhere is 80 columns, or
+    $COLUMNS: a path in a table would be folded over several lines of a log)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+
+err_console = _Console(stderr=True, highlight=False)
+out_console = _Console(highlight=False)
 
 
 class Reporter:

@@ -55,6 +55,9 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
     clf = load_classifier(ref, backend)
     d, problems = _decode_folder(folder, clf, reporter)
+    seen = training_images_seen(ref, d.paths)
+    if seen and reporter:
+        reporter.warn(seen)
     raw = predict_probabilities(clf, np.asarray(d.pixels), calibrated=False)
     confidence_report, probs = evaluation_report(raw, d.labels, clf.temperature, target_accuracy)
     scores, wrong = score(d.labels, probs, clf.class_names, d.paths)
@@ -78,6 +81,30 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
             metadata=ref.metadata, model_dir=None if ref.onnx_only else ref.path, problems=problems,
             max_images=report_images))
     return report
+
+
+def training_images_seen(ref: registry.ModelRef, paths) -> Optional[str]:
+    """The warning when the images being evaluated are (some of) the model's own training images, from
+    what metadata.json records: the folder training read them from (dataset.train.root), and the
+    fingerprint (names and sizes) of every image training used (a copy of that folder elsewhere). None
+    when neither matches (or the model records neither)."""
+    from imgclf.data.files import fingerprint
+
+    ds = ref.metadata.get("dataset") or {}
+    train_root = (ds.get("train") or {}).get("root")
+    advice = ("its accuracy on them overstates how it does on new images; evaluate on images it did not train "
+              "on (a split root's test/, from `imgclf split`)")
+    if train_root and os.path.isdir(train_root):
+        root = os.path.realpath(train_root)
+        inside = sum(os.path.realpath(p).startswith(root + os.sep) for p in paths)
+        if inside:
+            held = " (with the validation images held out of it)" if ds.get("val_held_out") else ""
+            return (f"{inside} of the {len(paths)} images are in {train_root}, the folder {ref.label} was "
+                    f"trained on{held}: {advice}")
+    if ds.get("fingerprint") and fingerprint(paths) == ds["fingerprint"]:
+        return (f"these {len(paths)} images have the names and sizes of the images {ref.label} was trained on "
+                f"(the dataset fingerprint in its metadata.json): {advice}")
+    return None
 
 
 def _decode_folder(folder: Path, clf, reporter):

@@ -16,38 +16,25 @@ LONG_REASON = re.compile(r"#\s*long:\s*\S")
 LONG_PENDING = {("train.py", "_train")}
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
 def _sources() -> Dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = p
+    return out
 
 
 def import_graph() -> Dict[str, Set[str]]:
-    """imgclf module -> the imgclf modules it imports anywhere in it (top level or inside functions)."""
-    modules = _sources()
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name.startswith("imgclf")}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgclf"):
-                deps.add(node.module)
-                deps |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules}
-        graph[name] = {d for d in deps if d in modules and d != name}
-    return graph
+    """imgclf module -> the imgclf modules it imports anywhere in it (test_cli_layout's reader)."""
+    from test_cli_layout import _import_graph
+
+    return _import_graph()
 
 
 def reachable(graph: Dict[str, Set[str]], start: str) -> Set[str]:
     seen, todo = set(), [start]
     while todo:
-        for dep in graph[todo.pop()]:
+        for dep in graph.get(todo.pop(), ()):
             if dep not in seen:
                 seen.add(dep)
                 todo.append(dep)
