@@ -19,6 +19,7 @@ INSTALL_HINT = ("the report tests need Chromium and its driver: on Debian/Ubuntu
                 "selenium")
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+DRIVERS = ("chromedriver", "chromium.chromedriver")  # the second: Ubuntu's chromium snap (as install-browser.sh)
 
 
 class BrowserMissing(AssertionError):
@@ -27,7 +28,7 @@ class BrowserMissing(AssertionError):
 
 def find_executables():
     browser = os.environ.get("IMGCLF_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
-    driver = os.environ.get("IMGCLF_CHROMEDRIVER") or shutil.which("chromedriver")
+    driver = os.environ.get("IMGCLF_CHROMEDRIVER") or next(filter(None, map(shutil.which, DRIVERS)), None)
     return browser, driver
 
 
