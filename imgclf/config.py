@@ -45,7 +45,7 @@ AUGMENT_POLICIES = {
                    hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
     # the default pretrained: medium, and half the images restyled by a random convolution (RandConv: texture,
     # shading and colours changed, shapes kept). Emoji google -> style proxy, mean of 3 seeds: +1.6 points on
-    # the proxy and +1.2 on google val over medium at 1.07x the CPU (docs/benchmarks.md, eleventh session)
+    # the proxy and +1.2 on google val over medium at 1.07x the CPU (docs/benchmarks-history.md, eleventh session)
     "style": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1,
                   hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.5),
     "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25,
@@ -85,7 +85,7 @@ PRETRAINED_DEFAULTS = dict(epochs=6, batch_size=64, lr=1e-3, fine_tune_epochs=4,
 #: the nearest-neighbour memory (imgclf/memory.py): the training images' features stored in the model, their
 #: vote blended with the head's answer at --memory (default: PRETRAINED_DEFAULTS' 0.5 up to
 #: MEMORY_MAX_IMAGES training images, else off; emoji google -> twitter, mean of three seeds: twitter 59.7 ->
-#: 71.5%, google val 80.5 -> 84.0%, the style proxy 74.7 -> 79.3%; docs/benchmarks.md, twelfth session). The
+#: 71.5%, google val 80.5 -> 84.0%, the style proxy 74.7 -> 79.3%; docs/benchmarks-history.md, twelfth session). The
 #: vote is a softmax over the stored images of cosine similarity / MEMORY_TEMPERATURE, summed per class.
 MEMORY_TEMPERATURE = 0.02
 #: above this many training images the default leaves the memory off (it would add over 51 MB to a

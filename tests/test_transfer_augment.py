@@ -165,6 +165,11 @@ def test_resume_across_the_head_to_fine_tune_boundary(tmp_path, colour_split, ba
     assert np.array_equal(model.get_layer("backbone").get_weights()[0], expected[0])
 
 
+# Keras' load_weights warns once per nested container it cannot match (76 UserWarnings for the alpha=0.5 file,
+# whose arrays are as many as the backbone's, in other shapes) before it raises the error this test checks;
+# the warnings say nothing the one-line error does not. (The cause would go with a shape check before
+# load_weights in architectures/mobilenet.py.)
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_mismatched_weights_file_is_a_clear_error(tmp_path, colour_split, backbone_file):
     path, _ = backbone_file
     r = cli("train", colour_split, "--arch", "mobilenet_v3_small", "--weights", path, "--image-size", "96",
