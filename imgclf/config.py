@@ -36,7 +36,7 @@ AUGMENT_POLICIES = {
                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
     # the default from scratch (runs of COSINE_MIN_STEPS or more): every image moved by up to 1 whole pixel,
     # nothing else (Fashion-MNIST, 9 epochs: +0.13-0.15 val and +0.2 test accuracy on two seeds at the same
-    # CPU, and the cnn no longer fits its training images by then, so more epochs pay; docs/benchmarks.md)
+    # CPU, and the cnn no longer fits its training images by then, so more epochs pay; docs/benchmarks-history.md)
     "pixel": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
                   hue=0.0, saturation=0.0, grayscale=0.0, shift_px=1, randconv=0.0),
     "light": dict(flip="horizontal", rotate=5.0, shift=0.05, zoom=0.05, brightness=0.0, contrast=0.0,
@@ -58,27 +58,27 @@ MAX_SHIFT_PX = 64
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 
 #: `--arch auto` (the default) picks PRETRAINED_ARCH for colour images whose typical (median) short side
-#: is at least AUTO_PRETRAINED_MIN_SIZE px, else the cnn; see imgclf/arch_choice.py and docs/benchmarks.md
+#: is at least AUTO_PRETRAINED_MIN_SIZE px, else the cnn; see imgclf/arch_choice.py and docs/benchmarks-history.md
 #: (emoji at 32, 48 and 64 px: the pretrained network ahead of the cnn by 11 points or more at each size)
 AUTO_ARCH = "auto"
 PRETRAINED_ARCH = "mobilenet_v2"
 AUTO_PRETRAINED_MIN_SIZE = 32
 #: the defaults of the options left unset, by how the network starts (see TrainConfig.resolve_defaults):
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
-#: (measured in docs/benchmarks.md, "Better models by default")
+#: (measured in docs/benchmarks-history.md, "Better models by default")
 SCRATCH_DEFAULTS = dict(epochs=15, batch_size=64, lr=1e-3, fine_tune_epochs=0, augment_policy="pixel",
                         lr_schedule="cosine", label_smoothing=0.1, memory=0.0)
 #: from scratch, a run that is COSINE_MIN_STEPS steps or more long even at this batch size gets it, and this
 #: learning rate unless --lr is given (Fashion-MNIST, 11 epochs, seeds 42 / 7: val +0.20 / +0.06, test
-#: -0.08 / +0.26 points against batch 64 with lr 1e-3, at 0.95x its CPU; docs/benchmarks.md)
+#: -0.08 / +0.26 points against batch 64 with lr 1e-3, at 0.95x its CPU; docs/benchmarks-history.md)
 SCRATCH_LONG_RUN = dict(batch_size=128, lr=2e-3)
 #: from scratch, large data sets get fewer than SCRATCH_DEFAULTS' epochs: about this many training images
 #: in all (12 epochs of Fashion-MNIST's 54,000 at SCRATCH_LONG_RUN's batch; ~1,160-1,215 CPU-seconds on
-#: 2 cores, 93.84-94.17% test over three seeds; docs/benchmarks.md)
+#: 2 cores, 93.84-94.17% test over three seeds; docs/benchmarks-history.md)
 SCRATCH_IMAGE_BUDGET = 648_000
 #: from scratch, a run of fewer optimizer steps than this gets the plateau schedule instead of cosine
 #: (on the 480-image quickstart, 120 steps, cosine's shrinking steps cost ~0.6 points) and no augmentation
-#: instead of the `pixel` policy (counted at one replica: batch_size images a step; docs/benchmarks.md)
+#: instead of the `pixel` policy (counted at one replica: batch_size images a step; docs/benchmarks-history.md)
 COSINE_MIN_STEPS = 1_000
 PRETRAINED_DEFAULTS = dict(epochs=6, batch_size=64, lr=1e-3, fine_tune_epochs=4, augment_policy="style",
                            image_size=160, lr_schedule="plateau", label_smoothing=0.0, memory=0.5)
@@ -316,7 +316,7 @@ def resolve(cfg: TrainConfig, pretrained: bool, n_train: Optional[int] = None,
     policy, augment = cfg.augment_policy, cfg.augment
     if policy is None:
         # a short run from scratch is not long enough to overfit: shifts only slowed it down (on the
-        # quickstart and on 3 epochs of 6,000 Fashion-MNIST images, docs/benchmarks.md)
+        # quickstart and on 3 epochs of 6,000 Fashion-MNIST images, docs/benchmarks-history.md)
         policy = "none" if short(batch_size, filled["epochs"]) else defaults["augment_policy"]
         augment = AugmentConfig.from_options(policy, **cfg.augment_overrides)
     schedule = cfg.lr_schedule
