@@ -187,7 +187,8 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             dest: Path = typer.Argument(..., help="Output folder (originals are copied there too)."),
             per_image: Optional[int] = typer.Option(None, help="New images per original."),
             target_per_class: Optional[int] = typer.Option(None, help="Top each class up to N images."),
-            policy: Policy = typer.Option(C.AUGMENT_POLICY, help="Augmentation policy (the options below override it)."),
+            policy: Policy = typer.Option(C.AUGMENT_POLICY, help="Augmentation policy (the options below override "
+                                                                 "it)."),
             flip: Optional[Flip] = FlipOpt,
             rotate: Optional[float] = RotateOpt,
             shift: Optional[float] = ShiftOpt,
@@ -308,8 +309,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           resume: Optional[str] = typer.Option(None, help="Continue an interrupted run (its id, from "
                                                           "`imgclf models list`)."),
           distribute: Distribute = typer.Option(
-              C.DISTRIBUTE_MODE, "--distribute", help="auto: mirrored with several GPUs, multi-worker when TF_CONFIG "
-              "names several workers, else none. See docs/distributed.md."),
+              C.DISTRIBUTE_MODE, "--distribute", help="auto: mirrored with several GPUs, multi-worker when "
+              "TF_CONFIG names several workers, else none. See docs/distributed.md."),
           cluster_timeout: int = typer.Option(DEFAULT_CLUSTER_TIMEOUT, "--cluster-timeout", metavar="SECONDS",
                                               help="Multi-worker: fail when a worker has not joined, or has "
                                                    "stopped responding, for this long."),
@@ -511,7 +512,8 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
 # ---------------------------------------------------------------------------------------------- models
 @models_app.command("list")
 @handle_errors
-def models_list(registry: Optional[Path] = RegistryOpt, format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format")):
+def models_list(registry: Optional[Path] = RegistryOpt,
+                format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format")):
     """List the models in the registry (and any unfinished runs)."""
     from imgclf import registry as reg
 
@@ -612,9 +614,10 @@ def models_tag(model: str = ModelArg(help="NAME:VERSION to tag."),
                max_regressions: Optional[int] = typer.Option(None, metavar="N", help="--gate: at most N images "
                                                              "the current version gets right may turn wrong "
                                                              "(default: no limit)."),
-               min_accuracy_delta: float = typer.Option(C.GATE_MIN_ACCURACY_DELTA, metavar="D", help="--gate: the accuracy may fall "
-                                                        "by at most D (default 0: at least as accurate; "
-                                                        "negative: must gain -D)."),
+               min_accuracy_delta: float = typer.Option(C.GATE_MIN_ACCURACY_DELTA, metavar="D",
+                                                        help="--gate: the accuracy may fall by at most D "
+                                                        "(default 0: at least as accurate; negative: must gain "
+                                                        "-D)."),
                registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Give a model version an alias: NAME:ALIAS then resolves to it."""
     from imgclf import registry as reg
