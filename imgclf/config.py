@@ -63,7 +63,7 @@ FLIP_MODES = ("none", "horizontal", "vertical", "both")
 AUTO_ARCH = "auto"
 PRETRAINED_ARCH = "mobilenet_v2"
 AUTO_PRETRAINED_MIN_SIZE = 32
-#: the defaults of the options left unset, by how the network starts (see TrainConfig.resolve_defaults):
+#: the defaults of the options left unset, by how the network starts (see resolve):
 #: trained from scratch (cnn, mlp, MobileNet --weights none) or from pretrained weights
 #: (measured in docs/benchmarks-history.md, "Better models by default")
 SCRATCH_DEFAULTS = dict(epochs=15, batch_size=64, lr=1e-3, fine_tune_epochs=0, augment_policy="pixel",
@@ -202,9 +202,9 @@ class TrainConfig:
     """Everything `imgclf train` needs; recorded in the model's metadata.json."""
 
     arch: str = AUTO_ARCH                 # auto: mobilenet_v2 or cnn, from the data (arch_choice says why)
-    epochs: Optional[int] = None          # None: SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS (resolve_defaults)
+    epochs: Optional[int] = None          # None: SCRATCH_DEFAULTS / PRETRAINED_DEFAULTS (see resolve)
     batch_size: Optional[int] = None      # None: 64, or SCRATCH_LONG_RUN's in a long run from scratch
-    image_size: Optional[int] = None      # None: the architecture's default, else chosen from the data
+    image_size: Optional[int] = None      # None: PRETRAINED_DEFAULTS' when pretrained, else the arch's, else the data's
     channels: Optional[int] = None        # None: 1 when every image is grayscale, else 3
     lr: Optional[float] = None
     lr_schedule: Optional[str] = None     # plateau | cosine (LR_SCHEDULES); None: by how the network starts
