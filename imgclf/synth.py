@@ -235,6 +235,8 @@ class GanTrainer:
         import keras
         import tensorflow as tf
 
+        # grappler's remapper trips over the spectral norm's gradient and logs an error line (harmless)
+        tf.config.optimizer.set_experimental_options({"remapping": False})
         self.latent_dim, self.channels = latent_dim, channels
         self.g = build_generator(num_classes, latent_dim, size, channels)
         self.d = build_discriminator(num_classes, size, channels)
