@@ -147,13 +147,16 @@ def split(src: Path = typer.Argument(..., help="Folder of class folders (never m
     for p in result.dataset.problems:
         rep.warn(f"skipped {p.path}: {p.reason}")
     if format == "json":
-        _print_json({"dest": result.dest, "counts": result.counts, "skipped": len(result.dataset.problems)})
+        _print_json({"dest": result.dest, "counts": result.counts, "skipped": len(result.dataset.problems),
+                     "synthetic_in_train": len(result.dataset.synthetic)})
         return
     from imgclf.console import print_table
     names = result.dataset.class_names
     rows = [[c] + [result.counts[s][c] for s in ("train", "val", "test")] for c in names]
     rows.append(["total"] + [sum(result.counts[s].values()) for s in ("train", "val", "test")])
     print_table(f"split of {src} -> {dest}", ["class", "train", "val", "test"], rows)
+    if result.dataset.synthetic:
+        rep.info(f"{len(result.dataset.synthetic)} synthetic images (imgclf synth) kept in train/ only")
     rep.info(f"manifest: {Path(dest) / MANIFEST}")
 
 
@@ -218,6 +221,55 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
         rep.warn(f"skipped {p.path}: {p.reason}")
     rep.info(f"wrote {result['augmented']} augmented images and {result['originals']} originals to {dest}")
     _print_json({k: v for k, v in result.items() if k != "problems"} | {"skipped": len(result["problems"])})
+
+
+# ----------------------------------------------------------------------------------------------- synth
+@app.command()
+@handle_errors
+def synth(data: Optional[Path] = typer.Argument(None, help="Class-folder tree, or a split root (its train/ "
+                                                           "only); with --from, leave it out."),
+          out: Optional[Path] = typer.Argument(None, help="Output folder: OUT/<class>/synth_<n>.png and "
+                                                          "OUT/synth_grid.png (not inside DATA)."),
+          from_model: Optional[str] = typer.Option(None, "--from", metavar="NAME", autocompletion=complete_model,
+                                                   help="Make images with a saved generator instead of "
+                                                        "training one (then give only OUT)."),
+          classes: Optional[str] = typer.Option(None, metavar="A,B", help="Only these classes (default: all)."),
+          target_per_class: Optional[int] = typer.Option(None, metavar="N", help="Top each class up to N "
+                                                         "images, real ones counted (default: the largest "
+                                                         "class's count)."),
+          per_class: Optional[int] = typer.Option(None, metavar="N", help="N new images per class."),
+          epochs: Optional[int] = typer.Option(None, help="GAN training epochs (default: about "
+                                                          f"{C.SYNTH_STEPS:,} steps of {C.SYNTH_BATCH_SIZE})."),
+          image_size: Optional[int] = typer.Option(None, help="Square size the GAN makes: 4-8 px doubled, "
+                                                              "e.g. 28, 32, 64 (default: the data's size, at "
+                                                              f"most {C.SYNTH_MAX_DEFAULT_SIZE})."),
+          seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed (training, and each image's noise)."),
+          name: Optional[str] = typer.Option(None, help="Registry name of the generator (default: "
+                                                        "DATA's folder name + '-synth')."),
+          force: bool = typer.Option(False, "--force", help="Replace the synth_ files and grid already in OUT "
+                                                            "(default: numbering continues after them)."),
+          registry: Optional[Path] = RegistryOpt, format: TableOrJson = typer.Option("table", "--format"),
+          quiet: bool = QuietOpt):
+    """Synthetic training images for scarce classes from a class-conditional GAN (saved in the registry as
+    a generator), with a sample grid. See docs/synthetic.md."""
+    from imgclf.errors import UsageError
+    from imgclf.synth import synth as run_synth
+
+    if from_model is not None:
+        if out is not None:
+            raise UsageError("with --from NAME give only OUT (the generator is already trained)")
+        data, out = None, data
+    if out is None:
+        raise UsageError("give DATA and OUT (or --from NAME OUT)")
+    result = run_synth(data, out, from_model=from_model, classes=classes, per_class=per_class,
+                       target_per_class=target_per_class, epochs=epochs, image_size=image_size, seed=seed,
+                       name=name, registry=registry, force=force, reporter=_reporter(quiet))
+    if format == "json":
+        _print_json({k: v for k, v in result.items() if k != "written"})
+        return
+    from imgclf.console import print_table
+    print_table(f"synthetic images from {result['generator']} in {result['out']}", ["class", "written"],
+                list(result["per_class"].items()))
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -514,23 +566,23 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
 @handle_errors
 def models_list(registry: Optional[Path] = RegistryOpt,
                 format: TableOrJson = typer.Option(C.OUTPUT_FORMAT, "--format")):
-    """List the models in the registry (and any unfinished runs)."""
+    """List the models in the registry: classifiers, then image generators (imgclf synth), and any unfinished
+    runs."""
     from imgclf import registry as reg
 
     models, debris = reg.list_models(registry)
-    rows = [reg.summary(m) for m in models]
+    rows = [reg.summary(m) for m in models if m.kind == "classifier"]
+    generators = [dict(reg.summary(m), image_size=m.metadata.get("image_size")) for m in models
+                  if m.kind == "generator"]
     if not models:  # a new shell without the IMGCLF_HOME of the one that trained them, say
         _reporter().info(f"no models in {reg.root_of(registry)}: train one with `imgclf train DATA`, or "
                          f"{reg.ELSEWHERE_HINT}")
     if format == "json":
-        _print_json({"registry": str(reg.root_of(registry)), "models": rows, "unfinished": debris})
+        _print_json({"registry": str(reg.root_of(registry)), "models": rows, "generators": generators,
+                     "unfinished": debris})
         return
-    from imgclf.console import print_table
-    print_table(f"models in {reg.root_of(registry)}", ["name", "version", "arch", "classes", "accuracy", "onnx",
-                                                       "created"],
-                [[r["name"], r["version"], r["arch"], r["classes"],
-                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}", "yes" if r["onnx"] else "",
-                  r["created"]] for r in rows])
+    from imgclf.console import print_models
+    print_models(str(reg.root_of(registry)), rows, generators)
     for d in debris:
         _reporter().warn(d)
 

@@ -327,3 +327,29 @@ def resolve(cfg: TrainConfig, pretrained: bool, n_train: Optional[int] = None,
                   lr_schedule=schedule, **filled)
     out.validate()
     return out
+
+
+# ------------------------------------------------------------------------------------------- synth
+# `imgclf synth` (imgclf/synth.py): a small class-conditional GAN for scarce classes.
+#: a class needs at least this many training images: below it the GAN only learns to copy them
+SYNTH_MIN_IMAGES = 10
+#: default --epochs: as many as make about this many generator steps (at least one epoch)
+SYNTH_STEPS = 3000
+#: images per training step (real and generated each)
+SYNTH_BATCH_SIZE = 64
+#: length of the generator's random input vector
+SYNTH_LATENT_DIM = 64
+#: default --image-size: the data's size, at most this (the GAN's cost grows with the square of it)
+SYNTH_MAX_DEFAULT_SIZE = 64
+#: Adam settings of SNGAN (Miyato et al. 2018) with the hinge loss; the same for both networks
+SYNTH_LR = 2e-4
+SYNTH_BETAS = (0.0, 0.9)
+#: decay of the moving average of the generator's weights; the average is what is saved and sampled
+SYNTH_EMA_DECAY = 0.999
+#: classes are drawn for training in proportion to count ** this (1: as in the data; 0: equally often)
+SYNTH_CLASS_POWER = 0.5
+#: images per class in the sample grid
+SYNTH_GRID_COLUMNS = 8
+#: the PNG text-chunk key that marks a synthetic image (scan and split recognise it, and the file name)
+SYNTH_MARKER = "imgclf-synthetic"
+SYNTH_NAME_PREFIX = "synth_"

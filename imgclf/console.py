@@ -218,3 +218,16 @@ def print_int8_report(report: dict, reporter: Reporter) -> None:
     reporter.info(f"{report['path']}: {report['bytes'] / 2**20:.2f} MiB, fp32 {report['fp32_bytes'] / 2**20:.2f} "
                   f"MiB ({report['fp32_bytes'] / report['bytes']:.1f}x smaller); calibrated on "
                   f"{report['calibration_images']} images of {report['calibration_source']}")
+
+
+def print_models(root: str, classifiers: List[dict], generators: List[dict], console: Console = None) -> None:
+    """`imgclf models list`: the classifiers, then the image generators of `imgclf synth` apart."""
+    print_table(f"models in {root}", ["name", "version", "arch", "classes", "accuracy", "onnx", "created"],
+                [[r["name"], r["version"], r["arch"], r["classes"],
+                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}", "yes" if r["onnx"] else "",
+                  r["created"]] for r in classifiers], console)
+    if generators:
+        print_table(f"image generators (imgclf synth) in {root}", ["name", "version", "classes", "image size",
+                                                                   "created"],
+                    [[r["name"], r["version"], r["classes"], r["image_size"], r["created"]] for r in generators],
+                    console)

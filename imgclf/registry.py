@@ -130,6 +130,11 @@ class ModelRef:
         return f"{m.get('name', '?')}:{m.get('version', '?')}" if "name" in m else str(self.path)
 
     @property
+    def kind(self) -> str:
+        """"classifier" (train), or "generator" (synth: makes images, classifies nothing)."""
+        return self.metadata.get("kind", "classifier")
+
+    @property
     def keras_path(self) -> Path:
         return self.path / KERAS_FILE
 
@@ -143,6 +148,9 @@ class ModelRef:
         of imgclf cannot honour it."""
         from imgclf.preprocessing import PreprocessingSpec
 
+        if self.kind == "generator":
+            raise ModelError(f"{self.label} is an image generator (from `imgclf synth`), not a classifier; "
+                             f"make images with `imgclf synth --from {self.metadata.get('name', self.path)} OUT`")
         try:
             return PreprocessingSpec.from_dict(self.metadata["preprocessing"])
         except (KeyError, TypeError, ValueError) as e:
@@ -171,7 +179,7 @@ def summary(ref: ModelRef) -> dict:
     md = ref.metadata
     metrics = md.get("metrics", {})
     acc = md.get("evaluation", {}).get("accuracy", metrics.get("test_accuracy", metrics.get("val_accuracy")))
-    return {"name": md.get("name"), "version": md.get("version"), "arch": md.get("arch"),
+    return {"name": md.get("name"), "version": md.get("version"), "kind": ref.kind, "arch": md.get("arch"),
             "classes": len(md.get("class_names", [])), "accuracy": acc, "onnx": ref.onnx_path.is_file(),
             "created": md.get("created"), "path": str(ref.path)}
 
@@ -285,8 +293,8 @@ def resolve(registry, ref: str = "latest") -> ModelRef:
             from imgclf.onnx_meta import read_onnx_metadata
             return ModelRef(p.parent, read_onnx_metadata(p), onnx_only=p)
         raise ModelNotFound(f"{ref}: no {METADATA} beside this file; not an imgclf model")
-    if ref == "latest":
-        models = list_models(root)[0]
+    if ref == "latest":  # the newest classifier: a generator (imgclf synth) classifies nothing
+        models = [m for m in list_models(root)[0] if m.kind == "classifier"]
         if not models:
             raise ModelNotFound(f"no models in the registry {root}; train one with `imgclf train DATA`, or "
                                 f"{ELSEWHERE_HINT}")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from imgclf.config import IMAGE_EXTENSIONS, JUNK_NAMES
+from imgclf.config import IMAGE_EXTENSIONS, JUNK_NAMES, SYNTH_MARKER, SYNTH_NAME_PREFIX
 from imgclf.data.files import file_digest, map_in_order
 from imgclf.errors import DataError, ImageError
-from imgclf.preprocessing import load_image, peek, PreprocessingSpec
+from imgclf.preprocessing import load_image, open_image, PreprocessingSpec
 
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -28,6 +28,7 @@ class Sample:
     width: int = 0
     height: int = 0
     mode: str = ""
+    synthetic: bool = False  # made by `imgclf synth`: its name or its PNG marker (train split only)
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Dataset:
     def counts(self) -> Dict[str, int]:
         c = Counter(s.label for s in self.samples)
         return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    @property
+    def synthetic(self) -> List[Sample]:
+        return [s for s in self.samples if s.synthetic]
 
     @property
     def paths(self) -> List[str]:
@@ -113,15 +118,24 @@ def find_split_dirs(root: Path) -> Optional[Dict[str, Path]]:
     return None
 
 
-def _check_file(path: str) -> Tuple[Optional[Tuple[int, int, str]], Optional[str]]:
-    """(width, height, mode) from the header, or a reason the file is unusable."""
+def is_synthetic_name(name: str) -> bool:
+    """synth_<n>.<ext>: the names `imgclf synth` writes."""
+    low = name.lower()
+    return low.startswith(SYNTH_NAME_PREFIX) and low[len(SYNTH_NAME_PREFIX):].split(".")[0].isdigit()
+
+
+def _check_file(path: str) -> Tuple[Optional[Tuple[int, int, str, bool]], Optional[str]]:
+    """(width, height, mode, synthetic) from the header, or a reason the file is unusable. Synthetic: named
+    synth_<n> or carrying SYNTH_MARKER in a PNG text chunk (Pillow reads those before the pixels)."""
     if os.path.islink(path) and not os.path.exists(path):
         return None, "dangling symlink"
     try:
-        w, h, mode, _ = peek(path)
+        im = open_image(path)
     except ImageError as e:
         return None, e.reason
-    return (w, h, mode), None
+    with im:
+        marked = SYNTH_MARKER in im.info
+        return (im.size[0], im.size[1], im.mode, marked or is_synthetic_name(os.path.basename(path))), None
 
 
 def _deep_check(path: str) -> Optional[str]:
@@ -134,9 +148,11 @@ def _deep_check(path: str) -> Optional[str]:
 
 
 def scan(root, class_names: Optional[Sequence[str]] = None, deep: bool = False,
-         workers: Optional[int] = None) -> Dataset:
+         workers: Optional[int] = None, refuse_synthetic: Optional[bool] = None) -> Dataset:
     """Scan a class-folder tree. With `class_names`, labels follow that order (an evaluation set for a
     model) and a class folder the model does not know is an error. `deep` decodes every image fully.
+    `refuse_synthetic` (default: when `class_names` is given, i.e. for evaluation sets): a DataError when
+    the tree holds images made by `imgclf synth`; they belong in training data only.
 
     Kept whole (~65 lines): list files -> check them (one batch, threads when slow) -> keep or report each
     -> number the classes is one pass over the same three dicts; pieces would hand all three around."""
@@ -181,9 +197,11 @@ def scan(root, class_names: Optional[Sequence[str]] = None, deep: bool = False,
             if reason is not None:
                 problems.append(ImageError(f, reason))
                 continue
-            kept.append(Sample(f, -1, info[0], info[1], info[2]))
+            kept.append(Sample(f, -1, info[0], info[1], info[2], info[3]))
         usable[cls] = kept
 
+    if refuse_synthetic or (refuse_synthetic is None and class_names is not None):
+        _refuse_synthetic(root, usable)
     empty = [c for c, s in usable.items() if not s]
     if class_names is None:
         class_names = [c for c in usable if usable[c]]
@@ -201,6 +219,13 @@ def scan(root, class_names: Optional[Sequence[str]] = None, deep: bool = False,
                 s.label = index[cls]
                 samples.append(s)
     return Dataset(str(root), class_names, samples, problems, empty)
+
+
+def _refuse_synthetic(root: Path, usable: Dict[str, List[Sample]]) -> None:
+    found = [s.path for kept in usable.values() for s in kept if s.synthetic]
+    if found:
+        raise DataError(f"{root}: {len(found)} synthetic image(s) from `imgclf synth` (e.g. {found[0]}); "
+                        "validation and test images must be real: move them to the training split")
 
 
 def require_trainable(ds: Dataset) -> None:
@@ -252,6 +277,9 @@ def dataset_report(data, duplicates: bool = True) -> dict:
         if class_names is None:
             class_names = ds.class_names
     problems = [{"path": p.path, "reason": p.reason} for ds in scanned.values() for p in ds.problems]
+    problems += [{"path": s.path, "reason": f"synthetic image (imgclf synth) in the {split_name} split: "
+                  "evaluation needs real images; move it to train/"}
+                 for split_name, ds in scanned.items() if split_name in ("val", "test") for s in ds.synthetic]
     if duplicates:
         triples = [(split_name, ds.class_names[s.label], s.path)
                    for split_name, ds in scanned.items() for s in ds.samples]
@@ -265,7 +293,9 @@ def dataset_report(data, duplicates: bool = True) -> dict:
         "data": os.path.abspath(root),
         "split_root": bool(dirs),
         "class_names": train.class_names,
-        "splits": {k: {"images": len(ds.samples), "per_class": ds.counts()} for k, ds in scanned.items()},
+        "splits": {k: {"images": len(ds.samples), "per_class": ds.counts(), "synthetic": len(ds.synthetic),
+                       "synthetic_per_class": dict(Counter(ds.class_names[s.label] for s in ds.synthetic))}
+                   for k, ds in scanned.items()},
         "sizes": sizes.most_common(),
         "modes": sorted(modes.items()),
         "problems": problems,

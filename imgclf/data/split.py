@@ -58,11 +58,13 @@ def split_counts(n: int, val: float, test: float):
 
 
 def assign(ds: Dataset, val: float, test: float, seed: int) -> Dict[str, str]:
-    """path -> split. Deterministic for a seed: depends only on the sorted paths of each class."""
+    """path -> split. Deterministic for a seed: depends only on the sorted paths of each class. Synthetic
+    images (imgclf synth) always go to train, and the real images alone are split by the fractions."""
     by_class: Dict[int, List[str]] = {}
+    out = {s.path: "train" for s in ds.samples if s.synthetic}
     for s in ds.samples:
-        by_class.setdefault(s.label, []).append(s.path)
-    out = {}
+        if not s.synthetic:
+            by_class.setdefault(s.label, []).append(s.path)
     for label in sorted(by_class):
         paths = sorted(by_class[label])
         rng = random.Random(f"{seed}:{ds.class_names[label]}")
