@@ -275,3 +275,12 @@ class TrainConfig:
         d = dict(d)
         augment = AugmentConfig(**d.pop("augment"))
         return cls(**d, augment=augment)
+
+
+# --- int8 export of the pretrained networks (issue 34) ---
+#: what `imgclf export --quantize int8` keeps float in a pretrained MobileNet (imgclf.quantize.Recipe):
+#: chosen on the val splits of mobilenet_v2 models at 160 px (emoji with the memory, Fashion-MNIST in
+#: colour); docs/benchmarks.md, "int8 for the pretrained default (issue 34)"
+QUANTIZE_PRETRAINED_KEEP_FLOAT = ("softmax", "memory", "features")
+#: how their activation ranges are calibrated (MinMax | Entropy | Percentile)
+QUANTIZE_PRETRAINED_CALIBRATION = "MinMax"
