@@ -353,3 +353,11 @@ SYNTH_GRID_COLUMNS = 8
 #: the PNG text-chunk key that marks a synthetic image (scan and split recognise it, and the file name)
 SYNTH_MARKER = "imgclf-synthetic"
 SYNTH_NAME_PREFIX = "synth_"
+
+# --- int8 export of the pretrained networks (issue 34) ---
+#: what `imgclf export --quantize int8` keeps float in a pretrained MobileNet (imgclf.quantize.Recipe):
+#: chosen on the val splits of mobilenet_v2 models at 160 px (emoji with the memory, Fashion-MNIST in
+#: colour); docs/benchmarks.md, "int8 for the pretrained default (issue 34)"
+QUANTIZE_PRETRAINED_KEEP_FLOAT = ("softmax", "memory", "features")
+#: how their activation ranges are calibrated (MinMax | Entropy | Percentile)
+QUANTIZE_PRETRAINED_CALIBRATION = "MinMax"

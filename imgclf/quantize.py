@@ -31,7 +31,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from imgclf import memory, registry
-from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
+from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
+                           QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
@@ -184,65 +185,179 @@ class _Reader:
         self.i = 0
 
 
-def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, per_channel: bool = True,
-                  settings: Optional[dict] = None) -> dict:
-    """Write the static-QDQ int8 version of `float_path` to `out_path`, calibrated on `pixels`, with the
-    float file's metadata_props plus the quantization settings. Returns the settings."""
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+@dataclass(frozen=True)
+class Recipe:
+    """How a float file becomes int8: static QDQ, int8 weights, uint8 activations, and these choices.
+
+    keep_float: which parts of the graph stay float, from
+      "softmax"    the final Softmax (uint8 probabilities, steps of 1/255, would tie close classes);
+      "memory"     the nearest-neighbour memory and its blend (memory.py): its similarities are divided by a
+                   temperature of 0.02 before exp, which would turn uint8 steps into 30% changes of a vote;
+      "features"   the pooled features (the "gap" layer) and everything after them (the head): the memory's
+                   input, and the logits, whose uint8 steps flip close calls;
+      "first_conv" the first convolution (raw pixels in);
+      "adds"       the residual additions;
+      "depthwise"  the depthwise convolutions.
+    float_tail_convs: the last this many convolutions, and everything after them, stay float too.
+    float_layers: the nodes of these Keras layers stay float, a name standing for itself and the layers it
+      begins, "block_16" for "block_16_expand", "block_16_project", ... (not "block_1" for "block_16").
+    """
+
+    per_channel: bool = True
+    calibration_method: str = "MinMax"      # MinMax | Entropy | Percentile
+    keep_float: Tuple[str, ...] = ("softmax", "memory")
+    symmetric_activations: bool = False
+    float_tail_convs: int = 0
+    float_layers: Tuple[str, ...] = ()
+
+    def describe(self) -> dict:
+        return {"method": "static", "format": "QDQ", "weights": "int8", "activations": "uint8",
+                "per_channel": self.per_channel, "calibration_method": self.calibration_method,
+                "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
+                "float_layers": list(self.float_layers)}
+
+
+#: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
+SCRATCH_RECIPE = Recipe()
+#: the pretrained MobileNets' recipe (issue 34); chosen on val splits, docs/benchmarks.md
+PRETRAINED_RECIPE = Recipe(keep_float=tuple(QUANTIZE_PRETRAINED_KEEP_FLOAT),
+                           calibration_method=QUANTIZE_PRETRAINED_CALIBRATION)
+
+
+def recipe_for(metadata: dict) -> Recipe:
+    """The recipe a model gets by default: PRETRAINED_RECIPE for the MobileNets, SCRATCH_RECIPE otherwise."""
+    return PRETRAINED_RECIPE if str(metadata.get("arch", "")).startswith("mobilenet") else SCRATCH_RECIPE
+
+
+def _short_error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _prepare(float_path: Path, prepared: Path) -> None:
+    """Constant folding and fusions (batch norm into the convolutions), and shapes for every tensor: a
+    tensor of unknown shape is left in float. (Symbolic shape inference is for transformers; it needs sympy.)"""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    source = onnx.load(str(float_path))
+    try:
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    except Exception as e:
+        raise QuantizeError(f"{float_path}: preparing for quantization failed ({_short_error(e)})") from None
+
+
+def _downstream(graph, start: List[str]) -> set:
+    """Names of the nodes in `start` and of every node fed, directly or not, by their outputs."""
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in graph.node}
+    seen, todo = set(), [by_name[s] for s in start]
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        todo.extend(c for out in node.output for c in consumers.get(out, []))
+    return seen
+
+
+def in_layers(node_name: str, layers: Sequence[str]) -> bool:
+    """Whether an exported (tf2onnx) node belongs to one of `layers` (Recipe.float_layers): a segment of its
+    name, less tf2onnx's "_1" suffix, is one of them or begins with one and "_"."""
+    segments = [s for seg in node_name.split("/") for s in (seg, seg.rpartition("_")[0])]
+    return any(s == layer or s.startswith(layer + "_") for s in segments for layer in layers)
+
+
+def float_nodes(graph, recipe: Recipe) -> List[str]:
+    """The names of the nodes of `graph` (a prepared float graph) that `recipe` keeps float."""
+    keep_float, tail_convs = recipe.keep_float, recipe.float_tail_convs
+    keep = set()
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    initializers = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if ("softmax" in keep_float and node.op_type == "Softmax") or in_layers(node.name, recipe.float_layers) or \
+                ("memory" in keep_float and memory.in_memory(node.name)) or \
+                ("adds" in keep_float and node.op_type == "Add" and not memory.in_memory(node.name)
+                 and all(i not in initializers for i in node.input)):
+            keep.add(node.name)
+    if "features" in keep_float:
+        pooled = [n.name for n in graph.node if any(memory.FEATURES_LAYER in (seg, seg.rpartition("_")[0])
+                                                    for seg in n.name.split("/"))]
+        keep |= _downstream(graph, pooled) if pooled else set()
+    if tail_convs > 0:
+        keep |= _downstream(graph, [n.name for n in convs[-tail_convs:]])
+    if "first_conv" in keep_float and convs:
+        keep.add(convs[0].name)
+    if "depthwise" in keep_float:
+        keep |= {n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    return [n.name for n in graph.node if n.name in keep]
+
+
+def _quantize_static(prepared: Path, raw: Path, pixels: np.ndarray, input_name: str, recipe: Recipe,
+                     keep: List[str], calibration_cache: Optional[Path] = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    extra = {"ActivationSymmetric": recipe.symmetric_activations}
+    if recipe.calibration_method == "Percentile":
+        extra["CalibPercentile"] = 99.999
+    # the histogram calibrators (Entropy, Percentile) stack the batches: they must all be the same size
+    batch = CALIBRATION_BATCH if recipe.calibration_method == "MinMax" else 1
+    try:
+        quantize_static(str(prepared), str(raw), _Reader(input_name, pixels, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=recipe.per_channel, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8,
+                        calibrate_method=getattr(CalibrationMethod, recipe.calibration_method),
+                        nodes_to_exclude=keep, extra_options=extra, calibration_cache_path=calibration_cache)
+        # (not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the batches collected so far
+        # without folding them into the ranges; the MinMax calibrator keeps only a min and a max per
+        # tensor and batch anyway, so memory stays small without it)
+    except Exception as e:
+        raise QuantizeError(f"{prepared.name}: quantization failed ({_short_error(e)})") from None
+
+
+def _save_with_metadata(model, source, info: dict, out_path: Path) -> None:
+    """`model` saved to `out_path` with the float file's metadata_props plus the quantization settings."""
+    import onnx
+
     props = {p.key: p.value for p in source.metadata_props}
-    input_name = source.graph.input[0].name
+    meta = json.loads(props.get("imgclf", "{}"))
+    meta["quantization"] = info
+    props["imgclf"] = json.dumps(meta)
+    props["quantization"] = json.dumps(info)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    model.producer_name = source.producer_name or "imgclf"
+    model.doc_string = (source.doc_string + " int8 (static QDQ) quantization.").strip()
+    onnx.save(model, str(out_path))
+
+
+def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: Recipe = SCRATCH_RECIPE,
+                  settings: Optional[dict] = None, calibration_cache: Optional[Path] = None) -> dict:
+    """Write the static-QDQ int8 version of `float_path` to `out_path`, calibrated on `pixels` as `recipe`
+    says, with the float file's metadata_props plus the quantization settings. Returns the settings.
+    `calibration_cache`: a file of activation ranges, read when it exists (the pixels then unused), else
+    written (for trying several recipes with the same calibration)."""
+    import onnx
+    import onnxruntime as ort
+
+    source = onnx.load(str(float_path))
     work = Path(tempfile.mkdtemp(prefix="imgclf-quantize-"))
     try:
-        prepared = work / "prepared.onnx"
-        try:
-            # constant folding and fusions first, and shapes for every tensor: a tensor of unknown shape
-            # is left in float. (Symbolic shape inference is for transformers; it needs sympy.)
-            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        except Exception as e:
-            raise QuantizeError(f"{float_path}: preparing for quantization failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        prepared, raw = work / "prepared.onnx", work / "int8.onnx"
+        _prepare(float_path, prepared)
         graph = onnx.load(str(prepared)).graph
-        # the last Softmax stays float: uint8 probabilities (steps of 1/255) would tie close classes; so does
-        # the nearest-neighbour memory and its blend (memory.py): its similarities are divided by a
-        # temperature of 0.02 before exp, which would turn uint8 steps into 30% changes of a vote
-        keep_float = [n.name for n in graph.node if n.op_type == "Softmax" or memory.in_memory(n.name)]
-        raw = work / "int8.onnx"
-        try:
-            quantize_static(str(prepared), str(raw), _Reader(input_name, pixels), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, weight_type=QuantType.QInt8,
-                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_exclude=keep_float)
-            # (not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the batches collected so far
-            # without folding them into the ranges; the MinMax calibrator keeps only a min and a max per
-            # tensor and batch anyway, so memory stays small without it)
-        except Exception as e:
-            raise QuantizeError(f"{float_path}: quantization failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        keep = float_nodes(graph, recipe)
+        _quantize_static(prepared, raw, pixels, source.graph.input[0].name, recipe, keep, calibration_cache)
         model = onnx.load(str(raw))
         stored = _int8_memory_features(model)
-        info = dict(settings or {})
-        info.update(method="static", format="QDQ", weights="int8", activations="uint8", per_channel=per_channel,
-                    calibration_method="MinMax",
-                    float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep_float)}),
+        info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep),
+                    float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep)}),
                     onnxruntime=ort.__version__)
         if stored:
             info["memory"] = "stored features int8 (one scale per stored image), arithmetic float"
-        meta = json.loads(props.get("imgclf", "{}"))
-        meta["quantization"] = info
-        props["imgclf"] = json.dumps(meta)
-        props["quantization"] = json.dumps(info)
-        del model.metadata_props[:]
-        for k, v in props.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = k, v
-        model.producer_name = source.producer_name or "imgclf"
-        model.doc_string = (source.doc_string + " int8 (static QDQ) quantization.").strip()
-        onnx.save(model, str(out_path))
+        _save_with_metadata(model, source, info, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
@@ -356,7 +471,7 @@ def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, c
     target = ref.path / INT8_FILE
     tmp = target.with_name(f".{INT8_FILE}.{uuid.uuid4().hex[:6]}.part")
     try:
-        settings = quantize_file(ref.onnx_path, tmp, calib.pixels, per_channel=True,
+        settings = quantize_file(ref.onnx_path, tmp, calib.pixels, recipe_for(ref.metadata),
                                  settings={"calibration_images": len(calib.paths),
                                            "calibration_source": calib.source})
         figures, rows = agreement(ref.onnx_path, tmp, held, class_names)

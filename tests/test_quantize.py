@@ -326,3 +326,66 @@ def test_warns_when_the_training_data_changed(quantized_cnn, tmp_path, split_col
     assert r.exit_code == 0, r.output
     assert (f"warning: {data}: the files changed since cnn:1 was trained; its held-out split may now hold "
             "images it trained on (pass --check DIR to be sure)") in r.stderr
+
+
+def _in_layer(node, layer: str) -> bool:
+    """Whether an exported (tf2onnx) node belongs to the Keras layer `layer` (e.g. "model_1/gap_1/Mean")."""
+    return any(layer in (s, s.rpartition("_")[0]) for s in node.name.split("/"))
+
+
+def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
+    """The default a user with a pretrained backbone gets (mobilenet_v2, the nearest-neighbour memory, 1 epoch
+    from a small local backbone file) exported with --quantize int8: the pretrained recipe keeps the pooled
+    features, the head, the memory and the softmax float and quantizes the backbone, the check runs and is
+    reported, the file is smaller and `predict --backend onnx --precision int8` runs it."""
+    import onnx
+
+    from conftest import write_small_backbone
+
+    registry = tmp_path_factory.mktemp("q-default")
+    backbone = registry / "backbone.weights.h5"
+    write_small_backbone(backbone, seed=7)
+    path = _train(registry, split_colours, "default", "--weights", backbone, "--alpha", 0.35, "--image-size", 96,
+                  "--epochs", 1, "--fine-tune-epochs", 0, "--batch-size", 8)
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["arch"] == "mobilenet_v2" and meta["memory"]["images"] == 72      # the default's memory is on
+    r = cli("export", "default", "--registry", registry, "--quantize", "int8", "--force")
+    assert r.exit_code == 0, r.output
+    int8 = json.loads((path / "metadata.json").read_text())["int8"]
+    check = int8["check"]
+    assert check["images"] == 30 and 0 <= check["top1_agreement"] <= 1 and "fp32_accuracy" in check
+    assert f"int8 check on 30 held-out images" in r.stderr and "agreement" in r.stderr
+    assert int8["keep_float"] == ["softmax", "memory", "features"] and int8["calibration_method"] == "MinMax"
+    assert int8["memory"].startswith("stored features int8")
+    assert int8["bytes"] < int8["fp32_bytes"] / 2
+    settings = json.loads({p.key: p.value for p in onnx.load(str(path / "model.int8.onnx")).metadata_props}
+                          ["quantization"])
+    assert settings["keep_float"] == int8["keep_float"] and settings["float_nodes"] == int8["float_nodes"]
+
+    graph = onnx.load(str(path / "model.int8.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized_in = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.input}
+    initializers = {i.name: i for i in graph.initializer}
+    # the backbone is int8: every convolution reads int8 weights
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) > 30 and all(n.input[1] in dequantized for n in convs)
+    # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
+    pooled = [n for n in graph.node if _in_layer(n, "gap")]
+    head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    vote = [n for n in graph.node if n.op_type == "MatMul" and "/memory" in n.name]
+    assert pooled and head and softmax and len(vote) == 2
+    for n in pooled + head + softmax:
+        assert not set(n.output) & quantized_in, f"{n.name}: its output is quantized"
+    for n in head + softmax + vote:
+        assert n.input[0] not in dequantized, f"{n.name}: its input is quantized"
+    assert initializers[head[0].input[1]].data_type == onnx.TensorProto.FLOAT
+
+    # predict runs the int8 file and agrees with the float one as the check says
+    q = _labels(registry, "default", split_colours / "test", "int8")
+    r = cli("predict", split_colours / "test", "--registry", registry, "-m", "default", "--backend", "onnx",
+            "--format", "json")
+    assert r.exit_code == 0, r.output
+    fp = {row["path"]: row["label"] for row in json.loads(r.stdout)}
+    assert len(q) == 30 and q.keys() == fp.keys()
+    assert sum(q[p][0] == fp[p] for p in fp) / 30 == pytest.approx(check["top1_agreement"], abs=1e-6)

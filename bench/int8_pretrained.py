@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""int8 for the pretrained default (issue 34): label agreement and accuracy of the int8 file against the
+float one, and its batch-1 speed against fp32 ONNX, on trained mobilenet_v2 models (160 px, with the
+nearest-neighbour memory the default adds).
+
+    python bench/int8_pretrained.py choose MODEL_DIR... [--recipes NAME...] [--seconds S]
+    python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
+
+MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
+metadata.json says.
+
+choose: every candidate recipe (RECIPES below) quantizes the model's model.onnx, calibrated on
+  `imgclf export`'s default calibration images (300 of the training split, seeded), and is scored on the
+  model's **val** split only (the test split is never looked at): top-1 agreement with the float file,
+  accuracy of both, and the fp32/int8 CPU per image at batch 1 (one short round: a rough figure; the
+  report's is the one to quote).
+report: `imgclf export NAME --quantize int8 --force` with the defaults (the recipe chosen), the figures of
+  its agreement check on the **test** split, then batch-1 speed: one onnxruntime session per child process
+  (CPU provider, default threads), fp32 and int8 interleaved (A B A B, --rounds), medians and the ratio of
+  each round, in wall time and in CPU seconds per image.
+Prints human lines, then one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from quantize import _speed  # noqa: E402  (bench/quantize.py: one child process per timed session)
+
+BASE = ("softmax", "memory")
+#: the candidates (imgclf.quantize.Recipe arguments); "issue13" is the recipe every model had before
+RECIPES = {
+    "issue13": dict(keep_float=BASE),
+    "features": dict(keep_float=BASE + ("features",)),
+    "features-entropy": dict(keep_float=BASE + ("features",), calibration_method="Entropy"),
+    "features-percentile": dict(keep_float=BASE + ("features",), calibration_method="Percentile"),
+    "features-first": dict(keep_float=BASE + ("features", "first_conv")),
+    "features-adds": dict(keep_float=BASE + ("features", "adds")),
+    "features-symmetric": dict(keep_float=BASE + ("features",), symmetric_activations=True),
+    "features-depthwise": dict(keep_float=BASE + ("features", "depthwise")),
+    "tail1": dict(keep_float=BASE + ("features",), float_tail_convs=1),
+    "tail4": dict(keep_float=BASE + ("features",), float_tail_convs=4),
+    "tail7": dict(keep_float=BASE + ("features",), float_tail_convs=7),
+    "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
+    "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
+}
+
+
+def _augment(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Calibration images as training sees them, roughly: a random horizontal flip, a shift of up to 10%,
+    brightness and contrast x0.8-1.2."""
+    rng = np.random.default_rng(seed)
+    out = pixels.astype(np.float32).copy()
+    h, w = out.shape[1:3]
+    for i in range(len(out)):
+        if rng.random() < 0.5:
+            out[i] = out[i, :, ::-1]
+        out[i] = np.roll(out[i], (rng.integers(-h // 10, h // 10 + 1), rng.integers(-w // 10, w // 10 + 1)), (0, 1))
+        mean = out[i].mean()
+        out[i] = (out[i] - mean) * rng.uniform(0.8, 1.2) + mean * rng.uniform(0.8, 1.2)
+    return np.clip(out, 0, 255)
+
+
+def choose(args) -> None:
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    lines, record = [], {"models": {}}
+    for model_dir in map(Path, args.models):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        splits = Q._model_splits(ref, "--check DIR")
+        val = Q._decode(splits.val.paths, splits.val.labels, ref.spec, splits.val.root)
+        calib = {n: Q.calibration_images(ref, ref.spec, count=n, splits=splits).pixels for n in (300, 1000)}
+        calib["aug"] = _augment(calib[300])
+        names = args.recipes or list(RECIPES)
+        entry = {}
+        work = Path(tempfile.mkdtemp(prefix="int8-choose-"))
+        try:
+            for name in names:
+                pixels = calib[1000] if name.endswith("-1000") else calib["aug"] if name.endswith("-aug") \
+                    else calib[300]
+                out = work / f"{name}.onnx"
+                try:
+                    info = Q.quantize_file(ref.onnx_path, out, pixels, Q.Recipe(**RECIPES[name]))
+                except Q.QuantizeError as e:
+                    lines.append(f"{model_dir} {name:22s} failed: {e}")
+                    print(lines[-1], file=sys.stderr, flush=True)
+                    continue
+                figures, _ = Q.agreement(ref.onnx_path, out, val, ref.metadata["class_names"])
+                fp, q8 = _speed(ref.onnx_path, 1, args.seconds), _speed(out, 1, args.seconds)
+                entry[name] = dict(figures, float_nodes=info["float_nodes"], calibration_images=len(pixels),
+                                   bytes=out.stat().st_size, cpu_saving_b1=fp["cpu_ms_per_image"] / q8["cpu_ms_per_image"],
+                                   speedup_b1=q8["images_per_s"] / fp["images_per_s"])
+                lines.append(f"{model_dir} {name:22s} val {figures['images']}: agreement "
+                             f"{100 * figures['top1_agreement']:6.2f}% ({figures['changed_labels']} changed), fp32 "
+                             f"{100 * figures['fp32_accuracy']:.2f}% int8 {100 * figures['int8_accuracy']:.2f}%, "
+                             f"max|dp| {figures['max_abs_diff']:.3f}; {info['float_nodes']} nodes float; batch 1 "
+                             f"fp32/int8 CPU {entry[name]['cpu_saving_b1']:.2f}x, images/s "
+                             f"{entry[name]['speedup_b1']:.2f}x")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = entry
+    C.emit("int8_pretrained_choose", lines, record)
+
+
+def report(args) -> None:
+    lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "models": {}}
+    for model_dir in map(Path, args.models):
+        name, root = model_dir.parent.name, model_dir.parent.parent
+        cmd = C.imgclf_cmd("export", f"{name}:{model_dir.name}", "--registry", str(root), "--quantize", "int8",
+                           "--force", "-q")
+        C.run_child(cmd)
+        int8 = json.loads((model_dir / "metadata.json").read_text())["int8"]
+        check = int8["check"]
+        files = {"fp32": model_dir / "model.onnx", "int8": model_dir / "model.int8.onnx"}
+        runs = {"fp32": [], "int8": []}
+        for _ in range(args.rounds):
+            for precision in ("fp32", "int8"):
+                runs[precision].append(_speed(files[precision], 1, args.seconds))
+        wall = [b["images_per_s"] / a["images_per_s"] for a, b in zip(runs["fp32"], runs["int8"])]
+        cpu = [a["cpu_ms_per_image"] / b["cpu_ms_per_image"] for a, b in zip(runs["fp32"], runs["int8"])]
+        record["models"][str(model_dir)] = {"command": " ".join(cmd), "int8": int8, "runs": runs,
+                                            "speedup_per_round": wall, "cpu_saving_per_round": cpu}
+        lines.append(f"{model_dir}: `{' '.join(cmd[2:])}`: test {check['images']} images of {check['source']}: "
+                     f"agreement {100 * check['top1_agreement']:.2f}% ({check['changed_labels']} changed), accuracy "
+                     f"fp32 {100 * check['fp32_accuracy']:.2f}% -> int8 {100 * check['int8_accuracy']:.2f}% (drop "
+                     f"{check['accuracy_drop_points']:.2f} points), max |dp| {check['max_abs_diff']:.3f}; file "
+                     f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; keep_float "
+                     f"{','.join(int8['keep_float'])}, {int8['calibration_method']}")
+        lines.append(f"  batch 1: int8/fp32 images/s per round {', '.join(f'{x:.2f}' for x in wall)} (median "
+                     f"{C.median(wall):.2f}); fp32/int8 CPU per image {', '.join(f'{x:.2f}' for x in cpu)} "
+                     f"(median {C.median(cpu):.2f})")
+    C.emit("int8_pretrained_report", lines, record)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=["choose", "report"])
+    ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
+    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
+    ap.add_argument("--rounds", type=int, default=3, help="report: A B rounds at batch 1")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    (choose if args.mode == "choose" else report)(args)
+
+
+if __name__ == "__main__":
+    main()
