@@ -32,7 +32,7 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP
-from imgclf.errors import DataError, QuantizeError, UsageError
+from imgclf.errors import DataError, ExportError, QuantizeError, UsageError  # noqa: F401
 from imgclf.preprocessing import PreprocessingSpec
 
 INT8_FILE = registry.INT8_ONNX_FILE
