@@ -153,7 +153,7 @@ def build_generator(num_classes: int, latent_dim: int, size: int, channels: int)
     from keras import layers
 
     base, ups = _base_size(size)
-    width = 32 * 2 ** ups  # 128 channels at 7x7 for 28 px, halved at each doubling
+    width = C.SYNTH_WIDTH * 2 ** ups  # 64 channels at 7x7 for 28 px, halved at each doubling
     z = keras.Input((latent_dim,), name="noise")
     y = keras.Input((), dtype="int32", name="label")
     e = layers.Flatten()(layers.Embedding(num_classes, latent_dim, name="class_embedding")(y[:, None]))
@@ -179,7 +179,7 @@ def build_discriminator(num_classes: int, size: int, channels: int):
         return layers.SpectralNormalization(layer)
 
     _, downs = _base_size(size)
-    width = 32
+    width = C.SYNTH_WIDTH
     img = keras.Input((size, size, channels), name="image")
     y = keras.Input((), dtype="int32", name="label")
     x = layers.LeakyReLU(0.1)(sn(layers.Conv2D(width, 3, padding="same"))(img))
