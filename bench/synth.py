@@ -1,21 +1,25 @@
-#!/usr/bin/env python3
-"""Does `imgclf synth` help scarce classes? Fashion-MNIST with two classes cut to 30 training images.
+"""Does `imgclf synth` help a scarce class? Against the cheaper answers: class weights, offline augmentation.
 
-    python3 /work/shared/data/fashion_mnist_folders.py /tmp/synth/fm --per-class 650 --test-per-class 300
-    nice -n 10 python bench/synth.py /tmp/synth/fm /tmp/synth/bench --seeds 1 2 --epochs 6 --gan-epochs 40
+Fashion-MNIST, two classes cut to --scarce-n training images (the others --per-class), the default cnn
+trained on the same real images five ways, per seed:
 
-From FM/train/<class>/ (the first 650 images of each class, in file order): train = the first 300 (30 for
-the scarce classes), val = the next 50, "held-out real" = the next 300 (only for the Frechet distance);
-test = FM/test (300 per class), used for the reported figures only: nothing is chosen on it.
-Arms, the default cnn (`imgclf train --arch cnn`, same epochs and seed in every arm):
-  a  nothing            b  --class-weight auto
-  c  offline augmentation (`imgclf augment --target-per-class 300`: the scarce classes topped up to 300)
-  d  synthetic images (`imgclf synth --classes ...`: the same 270 extra images per scarce class)
-  e  half of c + half of d (135 augmented + 135 synthetic per scarce class)
-Frechet distance (FD) per scarce class on the 128 features of the `head_dense` layer of arm a's model:
-synthetic vs held-out real half A, augmented (arm c's new images) vs A, and held-out real half B vs A
-(the reference: what two samples of real images of the same size score), 150 images each.
-Prints a table per arm (mean and per seed) and writes RESULTS.json to OUT.
+  a  nothing                         (the real images as they are)
+  b  --class-weight auto
+  c  offline augmentation            (`imgclf augment --target-per-class`: scarce classes topped up)
+  d  synthetic images                (`imgclf synth --target-per-class`: the same count, from a GAN trained
+                                      on this seed's training images)
+  e  half of each                    (c's augmentation to the midpoint, then the generator of d tops up)
+
+Reported: test recall of each scarce class and test accuracy, mean over seeds (and each seed in the JSON
+line). Nothing is chosen on the test set: training stops early on val/ (real images only), every setting is
+fixed before the run. Also a Frechet distance (FID-style) between real held-out images of each scarce class
+and (i) other real held-out images (the reference: what "as close as real" means at this n), (ii) the
+synthetic images, (iii) augmented copies, on the penultimate features of model a of the same seed.
+
+    python3 ../shared/data/fashion_mnist_folders.py /tmp/synth/fmnist --per-class 1400 --test-per-class 100
+    nice -n 10 python bench/synth.py --source /tmp/synth/fmnist --workdir /tmp/synth/bench
+
+Runs in one process (TensorFlow imported once); CPU seconds of each stage are printed.
 """
 from __future__ import annotations
 
@@ -24,194 +28,220 @@ import json
 import os
 import resource
 import shutil
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import imgclf_in_process, machine  # noqa: E402
 
-SCARCE = ["shirt", "ankle_boot"]
-N_TRAIN, N_SCARCE, N_VAL, N_HELD = 300, 30, 50, 300
-ARMS = ["a_none", "b_class_weight", "c_augment", "d_synth", "e_augment+synth"]
-
-
-def run(*args, cwd=None) -> str:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run([sys.executable, "-m", "imgclf", *map(str, args)], capture_output=True, text=True, env=env,
-                       cwd=cwd)
-    if r.returncode != 0:
-        raise SystemExit(f"imgclf {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return r.stdout
+CONDITIONS = {"a": "nothing", "b": "class weight auto", "c": "offline augmentation", "d": "synthetic (GAN)",
+              "e": "augmentation + synthetic"}
 
 
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
-def link_tree(files_by_class: dict, dest: Path) -> None:
-    for cls, files in files_by_class.items():
-        (dest / cls).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            os.symlink(f.resolve(), dest / cls / f.name)
+def files_of(folder: Path) -> List[Path]:
+    return sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name))
 
 
-def make_pools(fm: Path, work: Path) -> dict:
-    """train / val / held-out real pools (symlinks into FM/train), in file order."""
-    pools = {"train": {}, "val": {}, "held": {}}
-    for d in sorted(p for p in (fm / "train").iterdir() if p.is_dir()):
-        files = sorted(d.iterdir(), key=lambda p: int(p.stem))
-        n = N_SCARCE if d.name in SCARCE else N_TRAIN
-        pools["train"][d.name] = files[:n]
-        pools["val"][d.name] = files[N_TRAIN:N_TRAIN + N_VAL]
-        pools["held"][d.name] = files[N_TRAIN + N_VAL:N_TRAIN + N_VAL + N_HELD]
-        assert len(pools["held"][d.name]) == N_HELD, f"{d}: need {N_TRAIN + N_VAL + N_HELD} images"
-    if not (work / "base").exists():
-        link_tree(pools["train"], work / "base" / "train")
-        link_tree(pools["val"], work / "base" / "val")
-        os.symlink((fm / "test").resolve(), work / "base" / "test")
-    return pools
+def link_tree(dest: Path, sources: List[Path]) -> None:
+    """dest/<class>/ with symlinks to every file of sources/<class>/ (names prefixed by source number)."""
+    for k, src in enumerate(sources):
+        for cls_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+            (dest / cls_dir.name).mkdir(parents=True, exist_ok=True)
+            for f in cls_dir.iterdir():
+                # synth_<n> names kept (scan and split recognise them); real names are digits, no clash
+                name = f.name if k == 0 or f.name.startswith("synth_") else f"s{k}_{f.name}"
+                os.symlink(f.resolve(), dest / cls_dir.name / name)
 
 
-def split_root(work: Path, arm: str, train_tree: Path) -> Path:
-    """A split root whose train/ is `train_tree` and val/, test/ are the shared real ones."""
-    root = work / "roots" / arm
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    os.symlink(train_tree.resolve(), root / "train")
-    os.symlink((work / "base" / "val").resolve(), root / "val")
-    os.symlink((work / "base" / "test").resolve(), root / "test")
+def make_data(source: Path, work: Path, per_class: int, scarce: List[str], scarce_n: int, val_n: int,
+              held_n: int) -> Dict[str, Path]:
+    """train/ (scarce classes cut), val/ (real, val_n each), test/ (the source's test split), and for each
+    scarce class two disjoint real held-out sets of held_n (the Frechet reference)."""
+    root = work / "data"
+    done = root / ".complete"
+    paths = {"train": root / "base" / "train", "val": root / "base" / "val", "test": root / "test",
+             "heldA": root / "heldA", "heldB": root / "heldB"}
+    if done.exists():
+        return paths
+    shutil.rmtree(root, ignore_errors=True)
+    for cls_dir in sorted(p for p in (source / "train").iterdir() if p.is_dir()):
+        files = files_of(cls_dir)
+        n = scarce_n if cls_dir.name in scarce else per_class
+        parts = {"train": files[:n], "val": files[per_class:per_class + val_n]}
+        if cls_dir.name in scarce:
+            off = per_class + val_n
+            parts["heldA"] = files[off:off + held_n]
+            parts["heldB"] = files[off + held_n:off + 2 * held_n]
+            if len(parts["heldB"]) < held_n:
+                sys.exit(f"{cls_dir}: too few images; make the source with --per-class {off + 2 * held_n}")
+        for part, fs in parts.items():
+            (paths[part] / cls_dir.name).mkdir(parents=True, exist_ok=True)
+            for f in fs:
+                shutil.copy(f, paths[part] / cls_dir.name / f.name)
+    shutil.copytree(source / "test", paths["test"])
+    done.write_text("ok")
+    return paths
+
+
+def train_root(work: Path, name: str, train_sources: List[Path], val: Path) -> Path:
+    root = work / "roots" / name
+    shutil.rmtree(root, ignore_errors=True)
+    link_tree(root / "train", train_sources)
+    os.symlink(val.resolve(), root / "val")
     return root
 
 
-def make_trees(work: Path, seed: int, gan_epochs) -> dict:
-    """The training tree of each arm (real + augmented / synthetic), and the seed's generator stats."""
-    base = work / "base" / "train"
-    s = work / f"seed{seed}"
-    trees = {"a_none": base, "b_class_weight": base}
-    aug = s / "aug"
-    if not aug.exists():
-        run("augment", base, aug, "--target-per-class", N_TRAIN, "--seed", seed, "-q")
-    trees["c_augment"] = aug
-    syn = s / "synth"
-    t0 = children_cpu()
-    if not syn.exists():
-        run("synth", base, syn, "--classes", ",".join(SCARCE), "--seed", seed, "--registry", work / "reg",
-            "--name", f"gan-seed{seed}", "-q", *(["--epochs", gan_epochs] if gan_epochs else []))
-    gan_cpu = children_cpu() - t0
-    d = s / "d_train"
-    if not d.exists():
-        shutil.copytree(base, d, symlinks=True)
-        for cls in SCARCE:
-            for f in sorted((syn / cls).glob("synth_*.png")):
-                os.symlink(f.resolve(), d / cls / f.name)
-    trees["d_synth"] = d
-    e = s / "e_train"
-    if not e.exists():
-        half = N_SCARCE + (N_TRAIN - N_SCARCE) // 2
-        run("augment", base, e, "--target-per-class", half, "--seed", seed, "-q")
-        for cls in SCARCE:
-            extra = sorted((syn / cls).glob("synth_*.png"), key=lambda p: int(p.stem.split("_")[1]))
-            for f in extra[:N_TRAIN - half]:
-                os.symlink(f.resolve(), e / cls / f.name)
-    trees["e_augment+synth"] = e
-    return {"trees": trees, "gan_cpu_s": gan_cpu, "synth": syn, "aug": aug}
+def run_imgclf(argv: List[str]) -> float:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return imgclf_in_process(argv)
 
 
-def train_and_test(work: Path, arm: str, tree: Path, seed: int, epochs: int) -> dict:
-    root = split_root(work, f"{arm}-seed{seed}", tree)
-    name = f"{arm.split('_')[0]}-seed{seed}"
-    extra = ["--class-weight", "auto"] if arm == "b_class_weight" else []
-    t0 = children_cpu()
-    meta = json.loads(run("train", root, "--arch", "cnn", "--epochs", epochs, "--seed", seed, "--name", name,
-                          "--registry", work / "reg", "--format", "json", "-q", *extra))
-    train_cpu = children_cpu() - t0
-    rep = json.loads(run("evaluate", f"{name}:{meta['version']}", work / "base" / "test", "--no-html",
-                         "--registry", work / "reg", "--format", "json", "--force", "-q",
-                         "--out", work / "eval" / f"{arm}-seed{seed}"))
+def evaluate(registry: Path, name: str, test: Path, out: Path, scarce: List[str]) -> dict:
+    from imgclf import registry as reg
+    from imgclf.evaluate import evaluate as run_eval
+
+    rep = run_eval(reg.resolve(registry, name), test, out=out, force=True, html=False)
     recall = {r["class"]: r["recall"] for r in rep["per_class"]}
-    return {"accuracy": rep["accuracy"], "recall": {c: recall[c] for c in SCARCE}, "train_cpu_s": train_cpu,
-            "model": meta["path"], "val_accuracy": meta["metrics"].get("val_accuracy")}
+    return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], **{f"recall_{c}": recall[c] for c in scarce}}
 
 
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
+def features(model_dir: Path, files: List[Path]):
+    """Penultimate-layer features (the input of the classifier's last Dense layer) of imgclf model a."""
+    import numpy as np
+    from imgclf import registry as reg
+    from imgclf.preprocessing import load_image
+    from imgclf.tf_quiet import import_keras
+
+    keras = import_keras()
+    ref = reg.ModelRef(model_dir, reg.read_json(model_dir / reg.METADATA))
+    model = keras.models.load_model(ref.keras_path, compile=False)
+    head = keras.Model(model.inputs, model.layers[-1].input)
+    spec = ref.spec
+    x = np.stack([load_image(str(f), spec) for f in files])
+    return np.asarray(head([x.astype("float32")], training=False), dtype=np.float64)
+
+
+def frechet(a, b) -> float:
+    import numpy as np
     from scipy import linalg
 
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(s1 @ s2)
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
+    covmean = covmean.real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
-def features(model_dir: str, paths) -> np.ndarray:
-    from imgclf import registry as reg
-    from imgclf.memory import load_keras_model
-    from imgclf.preprocessing import load_image
-    from imgclf.tf_quiet import import_keras
-
-    keras = import_keras()
-    ref = reg.resolve(None, model_dir)
-    model = load_keras_model(ref.keras_path)
-    head = keras.Model(model.inputs, model.get_layer("head_dense").output)
-    x = np.stack([load_image(p, ref.spec) for p in paths]).astype("float32")
-    return np.asarray(head(x, training=False))
-
-
-def fd_rows(pools: dict, made: dict, model_dir: str) -> dict:
-    out = {}
-    for cls in SCARCE:
-        held = pools["held"][cls]
-        a, b = held[:150], held[150:300]
-        synth = sorted((made["synth"] / cls).glob("synth_*.png"))[:150]
-        aug = sorted(p for p in (made["aug"] / cls).iterdir() if not p.is_symlink() and "aug" in p.name)[:150]
-        fa = features(model_dir, a)
-        out[cls] = {"synthetic_vs_real": frechet(features(model_dir, synth), fa),
-                    "augmented_vs_real": frechet(features(model_dir, aug), fa) if len(aug) >= 20 else None,
-                    "real_vs_real": frechet(features(model_dir, b), fa),
-                    "real_train30_vs_real": frechet(features(model_dir, pools["train"][cls]), fa)}
-    return out
-
-
-def summarise(results: dict, seeds) -> None:
-    print(f"\n{'arm':18} {'accuracy':>9} " + " ".join(f"{'recall ' + c:>18}" for c in SCARCE) + "  per seed (acc)")
-    base = np.mean([results[s]["arms"]["a_none"]["accuracy"] for s in seeds])
-    for arm in ARMS:
-        acc = [results[s]["arms"][arm]["accuracy"] for s in seeds]
-        rec = {c: np.mean([results[s]["arms"][arm]["recall"][c] for s in seeds]) for c in SCARCE}
-        print(f"{arm:18} {np.mean(acc):9.4f} " + " ".join(f"{rec[c]:18.3f}" for c in SCARCE)
-              + f"  {' '.join(f'{a:.4f}' for a in acc)}  (acc - a: {np.mean(acc) - base:+.4f})")
-    print("\nFrechet distance on head_dense features of arm a's model (150 vs 150 held-out real; lower = closer)")
-    for cls in SCARCE:
-        for key in ("synthetic_vs_real", "augmented_vs_real", "real_vs_real", "real_train30_vs_real"):
-            vals = [results[s]["fd"][cls][key] for s in seeds if results[s]["fd"][cls][key] is not None]
-            print(f"  {cls:12} {key:22} {np.mean(vals):9.2f}  ({' '.join(f'{v:.2f}' for v in vals)})")
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("fm", type=Path, help="fashion_mnist_folders.py output (--per-class 650)")
-    ap.add_argument("out", type=Path)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", default="/tmp/synth/fmnist")
+    ap.add_argument("--workdir", default="/tmp/synth/bench")
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--scarce", default="shirt,sandal")
+    ap.add_argument("--scarce-n", type=int, default=30)
+    ap.add_argument("--val-n", type=int, default=30)
+    ap.add_argument("--held-n", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--epochs", type=int, default=8, help="cnn epochs")
-    ap.add_argument("--gan-epochs", type=int, default=None, help="GAN epochs (default: synth's own)")
-    a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    pools = make_pools(a.fm, a.out)
-    results = {}
-    for seed in a.seeds:
-        t = time.time()
-        made = make_trees(a.out, seed, a.gan_epochs)
-        arms = {arm: train_and_test(a.out, arm, made["trees"][arm], seed, a.epochs) for arm in ARMS}
-        results[seed] = {"arms": arms, "gan_cpu_s": made["gan_cpu_s"],
-                         "fd": fd_rows(pools, made, arms["a_none"]["model"])}
-        print(f"seed {seed}: {time.time() - t:.0f} s wall, GAN {made['gan_cpu_s']:.0f} CPU-s, training "
-              + ", ".join(f"{k} {v['train_cpu_s']:.0f}" for k, v in arms.items()) + " CPU-s", flush=True)
-        (a.out / "RESULTS.json").write_text(json.dumps(results, indent=2, default=str))
-    summarise(results, a.seeds)
+    ap.add_argument("--epochs", type=int, default=8, help="cnn epochs (early stopping on val may stop sooner)")
+    ap.add_argument("--gan-epochs", type=int, default=8, help="imgclf synth --epochs")
+    args = ap.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    scarce = args.scarce.split(",")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = make_data(Path(args.source), work, args.per_class, scarce, args.scarce_n, args.val_n, args.held_n)
+    registry = work / "registry"
+    target, half = args.per_class, (args.per_class + args.scarce_n) // 2
+    print(f"machine {json.dumps(machine())}")
+    print(f"train: {args.per_class} images per class, {', '.join(scarce)}: {args.scarce_n}; val {args.val_n} "
+          f"per class; test {data['test']}; seeds {args.seeds}; cnn epochs {args.epochs}, GAN epochs "
+          f"{args.gan_epochs}", flush=True)
+    rows: Dict[str, List[dict]] = {k: [] for k in CONDITIONS}
+    fids: List[dict] = []
+    stage_cpu: Dict[str, float] = {}
+
+    def timed(stage: str, argv: List[str]) -> None:
+        t = cpu()
+        run_imgclf(argv)
+        stage_cpu[stage] = stage_cpu.get(stage, 0.0) + cpu() - t
+        print(f"  {stage}: {cpu() - t:.0f} CPU-s", flush=True)
+
+    for seed in args.seeds:
+        s = str(seed)
+        gen = work / f"seed{s}"
+        shutil.rmtree(gen, ignore_errors=True)
+        common = ["--registry", str(registry), "--seed", s, "-q"]
+        base = train_root(work, f"a{s}", [data["train"]], data["val"])
+        # the generated training images of c, d and e (scarce classes only), all from the real train/ only
+        timed("augment", ["augment", str(data["train"]), str(gen / "aug"), "--target-per-class", str(target),
+                          "--seed", s, "-q"])
+        timed("synth (GAN training)", ["synth", str(base), str(gen / "synth"), "--classes", args.scarce,
+                                       "--target-per-class", str(target), "--epochs", str(args.gan_epochs),
+                                       "--name", f"gan{s}"] + common)
+        timed("augment", ["augment", str(data["train"]), str(gen / "aug_half"), "--target-per-class", str(half),
+                          "--seed", s, "-q"])
+        timed("synth --from", ["synth", "--from", f"gan{s}", str(gen / "synth_half"), "--classes", args.scarce,
+                               "--per-class", str(target - half), "--seed", str(seed + 1000), "--registry",
+                               str(registry), "-q"])
+        roots = {"a": base, "b": base,
+                 "c": train_root(work, f"c{s}", [gen / "aug"], data["val"]),
+                 "d": train_root(work, f"d{s}", [data["train"], gen / "synth"], data["val"]),
+                 "e": train_root(work, f"e{s}", [gen / "aug_half", gen / "synth_half"], data["val"])}
+        for k, root in roots.items():
+            extra = ["--class-weight", "auto"] if k == "b" else []
+            name = f"{k}{s}"
+            timed(f"train {k}", ["train", str(root), "--arch", "cnn", "--epochs", str(args.epochs), "--name", name]
+                  + extra + common)
+            r = evaluate(registry, name, data["test"], work / "eval" / name, scarce) | {"seed": seed}
+            rows[k].append(r)
+            print(f"seed {seed} {k} ({CONDITIONS[k]}): " + ", ".join(f"{m} {v:.3f}" for m, v in r.items()
+                                                                      if m != "seed"), flush=True)
+        from imgclf import registry as reg
+        model_a = reg.resolve(registry, f"a{s}").path
+        for c in scarce:
+            held_a, held_b = files_of(data["heldA"] / c), files_of(data["heldB"] / c)
+            synth_files = [f for f in files_of(gen / "synth" / c)][:args.held_n]
+            aug_files = [f for f in files_of(gen / "aug" / c) if not (data["train"] / c / f.name).exists()]
+            fa = features(model_a, held_a)
+            fid = {"seed": seed, "class": c, "n": args.held_n,
+                   "real_vs_real": frechet(fa, features(model_a, held_b)),
+                   "real_vs_synthetic": frechet(fa, features(model_a, synth_files)),
+                   "real_vs_augmented": frechet(fa, features(model_a, aug_files[:args.held_n])),
+                   "real_vs_train30": frechet(fa, features(model_a, files_of(data["train"] / c)))}
+            fids.append(fid)
+            print(f"seed {seed} Frechet distance {c}: " + ", ".join(f"{k} {v:.1f}" for k, v in fid.items()
+                                                                if k.startswith("real")), flush=True)
+
+    print("\nmean over seeds " + " ".join(map(str, args.seeds)) + " (test set; nothing chosen on it)")
+    metrics = ["accuracy"] + [f"recall_{c}" for c in scarce]
+    print(f"| condition | {' | '.join(metrics)} |\n|---|" + "---|" * len(metrics))
+    summary = {}
+    for k, label in CONDITIONS.items():
+        means = {m: statistics.mean(r[m] for r in rows[k]) for m in metrics}
+        spread = {m: (min(r[m] for r in rows[k]), max(r[m] for r in rows[k])) for m in metrics}
+        summary[k] = {"label": label, "mean": means, "min_max": spread}
+        print(f"| {k} {label} | " + " | ".join(f"{means[m]:.3f} ({spread[m][0]:.2f}-{spread[m][1]:.2f})"
+                                               for m in metrics) + " |")
+    print("\nFrechet distance to real held-out images (penultimate features of model a), mean over seeds")
+    for c in scarce:
+        f = [x for x in fids if x["class"] == c]
+        print(f"  {c}: " + ", ".join(f"{k} {statistics.mean(x[k] for x in f):.1f}" for k in f[0]
+                                     if k.startswith("real")))
+    print("CPU seconds by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_cpu.items()))
+    print(json.dumps({"bench": "synth", "args": vars(args), "rows": rows, "summary": summary, "frechet": fids,
+                      "cpu_seconds": stage_cpu}))
 
 
 if __name__ == "__main__":
