@@ -60,10 +60,10 @@ def check_counts(per_class: Optional[int], target_per_class: Optional[int], from
 
 
 def check_image_size(size: int) -> int:
-    """Sizes the generator can make: 4 to 8 pixels doubled k >= 1 times (8, 12, 16, 20, 24, 28, 32, ...)."""
+    """Sizes the generator can make: 5 to 8 pixels doubled k >= 1 times (10, 12, 14, 16, 20, 24, 28, 32, ...)."""
     base, ups = _base_size(size)
-    if not (8 <= size <= 256) or ups < 1:
-        raise UsageError(f"--image-size must be 8 to 256 and 4-8 pixels doubled (e.g. 16, 28, 32, 48, 64), "
+    if not (10 <= size <= 256) or ups < 1:
+        raise UsageError(f"--image-size must be 10 to 256 and 4-8 pixels doubled (e.g. 16, 28, 32, 48, 64), "
                          f"got {size}")
     return size
 
@@ -78,10 +78,10 @@ def _base_size(size: int) -> Tuple[int, int]:
 
 def default_image_size(data_size: int) -> int:
     """The largest size the generator can make that is at most the data's size and SYNTH_MAX_DEFAULT_SIZE."""
-    for s in range(min(data_size, C.SYNTH_MAX_DEFAULT_SIZE), 7, -1):
+    for s in range(min(data_size, C.SYNTH_MAX_DEFAULT_SIZE), 9, -1):
         if _base_size(s)[1] >= 1:
             return s
-    raise DataError(f"images of {data_size} px are too small for synth (8 px at least)")
+    raise DataError(f"images of {data_size} px are too small for synth (10 px at least)")
 
 
 def check_out(data: Optional[Path], out: Path) -> None:
@@ -138,8 +138,9 @@ def load_training_images(data: Path, image_size: Optional[int], reporter) -> dic
     data_size = int(np.median([min(s.width, s.height) for s in real]))
     size = check_image_size(image_size) if image_size is not None else default_image_size(data_size)
     channels = 1 if all(is_grayscale_mode(s.mode) for s in real) else 3
-    if len(sizes) > 1 or sizes != {(size, size)}:
-        reporter.info(f"images of {len(sizes)} size(s) resized to {size}x{size}")
+    if sizes != {(size, size)}:
+        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+        reporter.info(f"images of {len(sizes)} size(s) ({shown}) resized to {size}x{size}")
     spec = PreprocessingSpec(image_size=(size, size), channels=channels)
     pixels = np.stack(map_in_order(lambda s: load_image(s.path, spec), real))
     return {"root": ds.root, "class_names": ds.class_names, "counts": counts, "pixels": pixels,
@@ -361,9 +362,11 @@ def write_images(generator, meta: dict, out: Path, plan: Dict[str, int], seed: i
         have = [] if force else existing_numbers(folder)
         start = (max(have) if have else 0) + 1
         numbers = list(range(start, start + count))
+        written[cls] = []
+        if not count:
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         images = generate(generator, names.index(cls), numbers, seed, meta["latent_dim"])
-        written[cls] = []
         for n, arr in zip(numbers, images):
             path = folder / f"{C.SYNTH_NAME_PREFIX}{n}.png"
             _png(arr, path, {"generator": meta.get("label"), "class": cls, "seed": seed, "number": n})
