@@ -60,10 +60,10 @@ def check_counts(per_class: Optional[int], target_per_class: Optional[int], from
 
 
 def check_image_size(size: int) -> int:
-    """Sizes the generator can make: 5 to 8 pixels doubled k >= 1 times (10, 12, 14, 16, 20, 24, 28, 32, ...)."""
+    """Sizes the generator can make: 4 to 8 pixels doubled k >= 1 times (8, 10, 12, 14, 16, 20, 24, 28, 32, ...)."""
     base, ups = _base_size(size)
-    if not (10 <= size <= 256) or ups < 1:
-        raise UsageError(f"--image-size must be 10 to 256 and 4-8 pixels doubled (e.g. 16, 28, 32, 48, 64), "
+    if not (8 <= size <= 256) or ups < 1:
+        raise UsageError(f"--image-size must be 8 to 256 and 4-8 pixels doubled (e.g. 16, 28, 32, 48, 64), "
                          f"got {size}")
     return size
 
@@ -71,17 +71,17 @@ def check_image_size(size: int) -> int:
 def _base_size(size: int) -> Tuple[int, int]:
     """(the generator's first map size, number of doublings); the base is at most 8."""
     base, ups = size, 0
-    while base > 8 and base % 2 == 0:
+    while base % 2 == 0 and (base > 8 or (ups == 0 and base > 4)):  # 8 px: 4 doubled once
         base, ups = base // 2, ups + 1
     return base, ups if 4 <= base <= 8 else 0
 
 
 def default_image_size(data_size: int) -> int:
     """The largest size the generator can make that is at most the data's size and SYNTH_MAX_DEFAULT_SIZE."""
-    for s in range(min(data_size, C.SYNTH_MAX_DEFAULT_SIZE), 9, -1):
+    for s in range(min(data_size, C.SYNTH_MAX_DEFAULT_SIZE), 7, -1):
         if _base_size(s)[1] >= 1:
             return s
-    raise DataError(f"images of {data_size} px are too small for synth (10 px at least)")
+    raise DataError(f"images of {data_size} px are too small for synth (8 px at least)")
 
 
 def check_out(data: Optional[Path], out: Path) -> None:
