@@ -131,8 +131,14 @@ def print_scan_report(report: dict, console: Console = None) -> None:
     """`imgclf scan` on a terminal: counts per split, sizes, modes, problem files."""
     for split_name, info in report["splits"].items():
         where = report["data"] if split_name == "." else split_name
-        print_table(f"{where}: {info['images']} usable images", ["class", "images"], list(info["per_class"].items()),
-                    console)
+        synthetic = info.get("synthetic_per_class") or {}
+        if synthetic:  # made by `imgclf synth`: shown apart, they must stay in train/
+            print_table(f"{where}: {info['images']} usable images, {info['synthetic']} of them synthetic",
+                        ["class", "images", "synthetic"],
+                        [(c, n, synthetic.get(c, 0)) for c, n in info["per_class"].items()], console)
+        else:
+            print_table(f"{where}: {info['images']} usable images", ["class", "images"],
+                        list(info["per_class"].items()), console)
     print_table("image sizes (width x height)", ["size", "images"], report["sizes"][:10], console)
     print_table("image modes", ["mode", "images"], report["modes"], console)
     if report["problems"]:

@@ -60,7 +60,7 @@ def check_counts(per_class: Optional[int], target_per_class: Optional[int], from
 
 
 def check_image_size(size: int) -> int:
-    """Sizes the generator can make: 4 to 8 pixels doubled k >= 1 times (8, 12, 16, 20, 24, 28, 32, ...)."""
+    """Sizes the generator can make: 4 to 8 pixels doubled k >= 1 times (8, 10, 12, 14, 16, 20, 24, 28, 32, ...)."""
     base, ups = _base_size(size)
     if not (8 <= size <= 256) or ups < 1:
         raise UsageError(f"--image-size must be 8 to 256 and 4-8 pixels doubled (e.g. 16, 28, 32, 48, 64), "
@@ -71,7 +71,7 @@ def check_image_size(size: int) -> int:
 def _base_size(size: int) -> Tuple[int, int]:
     """(the generator's first map size, number of doublings); the base is at most 8."""
     base, ups = size, 0
-    while base > 8 and base % 2 == 0:
+    while base % 2 == 0 and (base > 8 or (ups == 0 and base > 4)):  # 8 px: 4 doubled once
         base, ups = base // 2, ups + 1
     return base, ups if 4 <= base <= 8 else 0
 
@@ -138,8 +138,9 @@ def load_training_images(data: Path, image_size: Optional[int], reporter) -> dic
     data_size = int(np.median([min(s.width, s.height) for s in real]))
     size = check_image_size(image_size) if image_size is not None else default_image_size(data_size)
     channels = 1 if all(is_grayscale_mode(s.mode) for s in real) else 3
-    if len(sizes) > 1 or sizes != {(size, size)}:
-        reporter.info(f"images of {len(sizes)} size(s) resized to {size}x{size}")
+    if sizes != {(size, size)}:
+        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+        reporter.info(f"images of {len(sizes)} size(s) ({shown}) resized to {size}x{size}")
     spec = PreprocessingSpec(image_size=(size, size), channels=channels)
     pixels = np.stack(map_in_order(lambda s: load_image(s.path, spec), real))
     return {"root": ds.root, "class_names": ds.class_names, "counts": counts, "pixels": pixels,
@@ -153,7 +154,7 @@ def build_generator(num_classes: int, latent_dim: int, size: int, channels: int)
     from keras import layers
 
     base, ups = _base_size(size)
-    width = 32 * 2 ** ups  # 128 channels at 7x7 for 28 px, halved at each doubling
+    width = C.SYNTH_WIDTH * 2 ** ups  # 64 channels at 7x7 for 28 px, halved at each doubling
     z = keras.Input((latent_dim,), name="noise")
     y = keras.Input((), dtype="int32", name="label")
     e = layers.Flatten()(layers.Embedding(num_classes, latent_dim, name="class_embedding")(y[:, None]))
@@ -179,7 +180,7 @@ def build_discriminator(num_classes: int, size: int, channels: int):
         return layers.SpectralNormalization(layer)
 
     _, downs = _base_size(size)
-    width = 32
+    width = C.SYNTH_WIDTH
     img = keras.Input((size, size, channels), name="image")
     y = keras.Input((), dtype="int32", name="label")
     x = layers.LeakyReLU(0.1)(sn(layers.Conv2D(width, 3, padding="same"))(img))
@@ -361,9 +362,11 @@ def write_images(generator, meta: dict, out: Path, plan: Dict[str, int], seed: i
         have = [] if force else existing_numbers(folder)
         start = (max(have) if have else 0) + 1
         numbers = list(range(start, start + count))
+        written[cls] = []
+        if not count:
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         images = generate(generator, names.index(cls), numbers, seed, meta["latent_dim"])
-        written[cls] = []
         for n, arr in zip(numbers, images):
             path = folder / f"{C.SYNTH_NAME_PREFIX}{n}.png"
             _png(arr, path, {"generator": meta.get("label"), "class": cls, "seed": seed, "number": n})
