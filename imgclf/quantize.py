@@ -279,7 +279,10 @@ def float_nodes(graph, recipe: Recipe) -> List[str]:
     convs = [n for n in graph.node if n.op_type == "Conv"]
     initializers = {i.name: i for i in graph.initializer}
     for node in graph.node:
-        if ("softmax" in keep_float and node.op_type == "Softmax") or in_layers(node.name, recipe.float_layers) or \
+        # (tf2onnx names some convolutions "Conv__N": their weights still carry the layer's name)
+        named = [node.name] + [i for i in node.input if i in initializers]
+        if ("softmax" in keep_float and node.op_type == "Softmax") or \
+                any(in_layers(name, recipe.float_layers) for name in named) or \
                 ("memory" in keep_float and memory.in_memory(node.name)) or \
                 ("adds" in keep_float and node.op_type == "Add" and not memory.in_memory(node.name)
                  and all(i not in initializers for i in node.input)):
