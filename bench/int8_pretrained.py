@@ -37,6 +37,9 @@ import _common as C  # noqa: E402
 from quantize import _speed  # noqa: E402  (bench/quantize.py: one child process per timed session)
 
 BASE = ("softmax", "memory")
+#: MobileNetV2's layers at the input's resolution / 2 (the stem) and its first inverted-residual blocks
+STEM = ("Conv1", "bn_Conv1", "expanded_conv")
+BLOCKS = tuple(f"block_{i}" for i in range(1, 17))
 #: the candidates (imgclf.quantize.Recipe arguments); "issue13" is the recipe every model had before
 RECIPES = {
     "issue13": dict(keep_float=BASE),
@@ -50,6 +53,13 @@ RECIPES = {
     "tail1": dict(keep_float=BASE + ("features",), float_tail_convs=1),
     "tail4": dict(keep_float=BASE + ("features",), float_tail_convs=4),
     "tail7": dict(keep_float=BASE + ("features",), float_tail_convs=7),
+    "stem": dict(keep_float=BASE + ("features",), float_layers=STEM),
+    "stem-block3": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:3]),
+    "stem-block6": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:6]),
+    "stem-block3-percentile": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:3],
+                                   calibration_method="Percentile"),
+    "stem-block6-percentile": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:6],
+                                   calibration_method="Percentile"),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
 }
@@ -89,8 +99,11 @@ def choose(args) -> None:
                 pixels = calib[1000] if name.endswith("-1000") else calib["aug"] if name.endswith("-aug") \
                     else calib[300]
                 out = work / f"{name}.onnx"
+                recipe = Q.Recipe(**RECIPES[name])
+                # the same images and method calibrate to the same ranges: computed once
+                cache = work / f"{len(pixels)}-{name.endswith('-aug')}-{recipe.calibration_method}.ranges"
                 try:
-                    info = Q.quantize_file(ref.onnx_path, out, pixels, Q.Recipe(**RECIPES[name]))
+                    info = Q.quantize_file(ref.onnx_path, out, pixels, recipe, calibration_cache=cache)
                 except Q.QuantizeError as e:
                     lines.append(f"{model_dir} {name:22s} failed: {e}")
                     print(lines[-1], file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ Needs onnx and onnxruntime only: TensorFlow is not imported here.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -32,7 +33,8 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
-                           QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
+                           QUANTIZE_MOBILENET_V2_FLOAT_LAYERS, QUANTIZE_PRETRAINED_CALIBRATION,
+                           QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
@@ -219,14 +221,19 @@ class Recipe:
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
 SCRATCH_RECIPE = Recipe()
-#: the pretrained MobileNets' recipe (issue 34); chosen on val splits, docs/benchmarks.md
+#: the pretrained MobileNets' recipe (issue 34), chosen on val splits (docs/benchmarks.md); mobilenet_v2 keeps
+#: its first layers float too (the MobileNetV3s' layers have other names, and were not measured)
 PRETRAINED_RECIPE = Recipe(keep_float=tuple(QUANTIZE_PRETRAINED_KEEP_FLOAT),
                            calibration_method=QUANTIZE_PRETRAINED_CALIBRATION)
+MOBILENET_V2_RECIPE = dataclasses.replace(PRETRAINED_RECIPE, float_layers=tuple(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS))
 
 
 def recipe_for(metadata: dict) -> Recipe:
-    """The recipe a model gets by default: PRETRAINED_RECIPE for the MobileNets, SCRATCH_RECIPE otherwise."""
-    return PRETRAINED_RECIPE if str(metadata.get("arch", "")).startswith("mobilenet") else SCRATCH_RECIPE
+    """The recipe a model gets by default, by its architecture."""
+    arch = str(metadata.get("arch", ""))
+    if arch == "mobilenet_v2":
+        return MOBILENET_V2_RECIPE
+    return PRETRAINED_RECIPE if arch.startswith("mobilenet") else SCRATCH_RECIPE
 
 
 def _short_error(e: Exception) -> str:
@@ -275,7 +282,11 @@ def float_nodes(graph, recipe: Recipe) -> List[str]:
     convs = [n for n in graph.node if n.op_type == "Conv"]
     initializers = {i.name: i for i in graph.initializer}
     for node in graph.node:
-        if ("softmax" in keep_float and node.op_type == "Softmax") or in_layers(node.name, recipe.float_layers) or \
+        # (tf2onnx names some convolutions "Conv__N": their weights still carry the layer's name; other
+        # constants, such as the Relu6 bounds, are shared by every layer and name only one of them)
+        named = [node.name] + ([node.input[1]] if node.op_type == "Conv" else [])
+        if ("softmax" in keep_float and node.op_type == "Softmax") or \
+                any(in_layers(name, recipe.float_layers) for name in named) or \
                 ("memory" in keep_float and memory.in_memory(node.name)) or \
                 ("adds" in keep_float and node.op_type == "Add" and not memory.in_memory(node.name)
                  and all(i not in initializers for i in node.input)):

@@ -355,7 +355,10 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     check = int8["check"]
     assert check["images"] == 30 and 0 <= check["top1_agreement"] <= 1 and "fp32_accuracy" in check
     assert f"int8 check on 30 held-out images" in r.stderr and "agreement" in r.stderr
-    assert int8["keep_float"] == ["softmax", "memory", "features"] and int8["calibration_method"] == "MinMax"
+    from imgclf.config import QUANTIZE_MOBILENET_V2_FLOAT_LAYERS, QUANTIZE_PRETRAINED_CALIBRATION
+    assert int8["keep_float"] == ["softmax", "memory", "features"]
+    assert int8["float_layers"] == list(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS) and \
+        int8["calibration_method"] == QUANTIZE_PRETRAINED_CALIBRATION
     assert int8["memory"].startswith("stored features int8")
     assert int8["bytes"] < int8["fp32_bytes"] / 2
     settings = json.loads({p.key: p.value for p in onnx.load(str(path / "model.int8.onnx")).metadata_props}
@@ -366,9 +369,17 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized_in = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.input}
     initializers = {i.name: i for i in graph.initializer}
-    # the backbone is int8: every convolution reads int8 weights
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    assert len(convs) > 30 and all(n.input[1] in dequantized for n in convs)
+    # the backbone is int8 from block_7 on, float before it: a convolution reads int8 weights, or float ones
+    convs = {n.input[1]: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+    float_convs = [w for w, q in convs.items() if not q]
+    assert all(initializers[w].data_type == onnx.TensorProto.FLOAT for w in float_convs)
+    assert 20 <= len(convs) - len(float_convs) and 15 <= len(float_convs), (len(convs), len(float_convs))
+    late = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_16_depthwise")
+                                                              or _in_layer(n, "block_7_depthwise"))]
+    early = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_6_depthwise")
+                                                               or _in_layer(n, "expanded_conv_depthwise"))]
+    assert len(late) == len(early) == 2
+    assert all(n.input[1] in dequantized for n in late) and not any(n.input[1] in dequantized for n in early)
     # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
     pooled = [n for n in graph.node if _in_layer(n, "gap")]
     head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
