@@ -102,8 +102,11 @@ class MirrorTTA(Classifier):
         self.backend = inner.backend
 
     def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
-        return (self.inner.probabilities(batch, calibrated)
-                + self.inner.probabilities(np.ascontiguousarray(batch[:, :, ::-1]), calibrated)) / 2
+        # the mean of the uncalibrated answers, then the model's temperature: predict (calibrated) and
+        # evaluate (uncalibrated, calibrated afterwards) take the same path and agree
+        mean = (self.inner.probabilities(batch, False)
+                + self.inner.probabilities(np.ascontiguousarray(batch[:, :, ::-1]), False)) / 2
+        return apply_temperature(mean, self.temperature) if calibrated else mean
 
 
 def load_classifier(ref: ModelRef, backend: str = "auto", precision: str = "fp32", tta: bool = False) -> Classifier:
