@@ -5,7 +5,10 @@ pretrained MobileNetV2 (ImageNet weights, or the file given with --weights PATH)
 a network trained from scratch by far. Grayscale or small images (Fashion-MNIST, digits, icons) get our
 cnn. `--weights imagenet|PATH` says that a pretrained network is wanted, whatever the size; `--weights
 none` that it is not. The choice and its reason are said on stderr and recorded in metadata.json
-("arch_choice"). When the ImageNet weights cannot be downloaded, auto stops with the two ways out
+("arch_choice"). A pretrained network on photos (typical short side at least PHOTO_MIN_SIDE px) reads them
+at PHOTO_IMAGE_SIZE px rather than the pretrained default of 160, unless --image-size is given: small
+objects anywhere in the frame keep more pixels (recorded as arch_choice["image_size"] and its reason).
+When the ImageNet weights cannot be downloaded, auto stops with the two ways out
 instead of quietly training something else.
 """
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import statistics
 from typing import Optional
 
-from imgclf.config import AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PRETRAINED_ARCH, TrainConfig
+from imgclf.config import (AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PHOTO_IMAGE_SIZE, PHOTO_MIN_SIDE, PRETRAINED_ARCH,
+                           TrainConfig)
 from imgclf.data.scan import Dataset
 from imgclf.errors import UsageError, WeightsUnavailable
 from imgclf.preprocessing import is_grayscale_mode
@@ -28,11 +32,34 @@ def choose(cfg: TrainConfig, train: Dataset) -> dict:
         return cfg.arch_choice
     if cfg.arch != AUTO_ARCH:
         cfg.arch_choice = {"requested": cfg.arch, "chosen": cfg.arch, "reason": "--arch given"}
-        return cfg.arch_choice
-    chosen, reason = _decide(cfg, train)
-    cfg.arch = chosen
-    cfg.arch_choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
+    else:
+        chosen, reason = _decide(cfg, train)
+        cfg.arch = chosen
+        cfg.arch_choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
+    _photo_size(cfg, train)
     return cfg.arch_choice
+
+
+def _photo_size(cfg: TrainConfig, train: Dataset) -> None:
+    """A pretrained network on photos: PHOTO_IMAGE_SIZE px unless --image-size was given (recorded in
+    cfg.arch_choice and applied to cfg.image_size)."""
+    from imgclf.architectures import get_architecture
+
+    if cfg.image_size is not None or not train.samples:
+        return
+    try:
+        arch = get_architecture(cfg.arch)
+    except UsageError:  # an unknown --arch: train reports it
+        return
+    if not arch.starts_pretrained(cfg.weights) or (arch.allowed_sizes and PHOTO_IMAGE_SIZE not in arch.allowed_sizes):
+        return
+    size = int(statistics.median(min(s.width, s.height) for s in train.samples))
+    if size < PHOTO_MIN_SIDE:
+        return
+    cfg.image_size = PHOTO_IMAGE_SIZE
+    cfg.arch_choice["image_size"] = PHOTO_IMAGE_SIZE
+    cfg.arch_choice["image_size_reason"] = (f"photos of {size} px typical (at least {PHOTO_MIN_SIDE} px): read at "
+                                            f"{PHOTO_IMAGE_SIZE} px, so small objects keep their detail")
 
 
 def _decide(cfg: TrainConfig, train: Dataset):
@@ -64,7 +91,10 @@ def describe(choice: dict) -> Optional[str]:
     if choice.get("requested") != AUTO_ARCH:
         return None
     other = "--arch cnn" if choice["chosen"] != SCRATCH_ARCH else f"--arch {PRETRAINED_ARCH}"
-    return f"--arch auto chose {choice['chosen']}: {choice['reason']} (pass {other} to override)"
+    line = f"--arch auto chose {choice['chosen']}: {choice['reason']} (pass {other} to override)"
+    if choice.get("image_size"):
+        line += f"; {choice['image_size_reason']} (pass --image-size 160 to override)"
+    return line
 
 
 def build_model(arch, input_shape, num_classes: int, cfg: TrainConfig):

@@ -402,6 +402,10 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
 
 
 # -------------------------------------------------------------------------------------------- evaluate
+TTA_HELP = ("Test-time augmentation: average each image's probabilities with its left-right mirror's "
+            "(2x the model runs; for models trained with flips, as the pretrained default is).")
+
+
 @app.command()
 @handle_errors
 def evaluate(model: str = ModelArg(),
@@ -420,6 +424,7 @@ def evaluate(model: str = ModelArg(),
              report_images: int = typer.Option(C.REPORT_IMAGES, "--report-images", metavar="N",
                                                help="Thumbnails inlined in report.html (mistakes first); the "
                                                     "other images are listed by path."),
+             tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
              registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
     """Accuracy, per-class precision/recall/F1, confusion matrix, misclassified images, calibration (ECE,
     NLL, Brier), risk-coverage, and report.html."""
@@ -431,7 +436,7 @@ def evaluate(model: str = ModelArg(),
         raise UsageError("--open needs the report: drop --no-html")
     rep = _reporter(quiet)
     report = run_eval(reg.resolve(registry, model), data, out=out, backend=backend, force=force, reporter=rep,
-                      html=html, report_images=report_images, target_accuracy=target_accuracy)
+                      html=html, report_images=report_images, target_accuracy=target_accuracy, tta=tta)
     if open_report:
         from imgclf.report import open_in_browser
         open_in_browser(report["report_html"], rep)
@@ -463,6 +468,7 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
             min_confidence: Optional[float] = typer.Option(None, metavar="P", help="Abstain below this top "
                                                            "probability: label null (uncertain in the table), "
                                                            "abstained true; not an error."),
+            tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
             registry: Optional[Path] = RegistryOpt):
     """Classify images: one result per image, in input order. Exit code 1 if any image failed."""
     from imgclf import registry as reg
@@ -472,8 +478,8 @@ def predict(images: List[str] = typer.Argument(..., help="Image files, folders (
     check_predict_args(top_k, batch_size)  # before loading a model
     check_probability("min-confidence", min_confidence)
     fmt = format or ("table" if sys.stdout.isatty() else "jsonl")
-    failed = predict_to(sys.stdout, images, load_classifier(reg.resolve(registry, model), backend, precision), fmt,
-                        top_k=top_k, batch_size=batch_size, min_confidence=min_confidence)
+    clf = load_classifier(reg.resolve(registry, model), backend, precision, tta=tta)
+    failed = predict_to(sys.stdout, images, clf, fmt, top_k=top_k, batch_size=batch_size, min_confidence=min_confidence)
     if failed:
         from imgclf.console import error
         error(f"{failed} image(s) could not be classified")

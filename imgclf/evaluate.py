@@ -34,7 +34,7 @@ def evaluation_folder(data) -> Path:
 
 def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: str = DEFAULT_BACKEND,
              force: bool = False, reporter=None, html: bool = True, report_images: int = REPORT_IMAGES,
-             target_accuracy: Optional[float] = None) -> dict:
+             target_accuracy: Optional[float] = None, tta: bool = False) -> dict:
     """Run the model on DATA (test/ of a split root, else val/, else the tree), write OUTPUT_FILES to `out`
     (default: the model's evaluation/ folder; an existing --out is overwritten only with `force`) and
     record the headline figures in the model's metadata; with `html`, also report.html (imgclf/report.py,
@@ -53,7 +53,7 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
         clash = [f for f in OUTPUT_FILES + ((REPORT_FILE,) if html else ()) if (out / f).exists()]
         if clash:
             raise UsageError(f"{out}: would overwrite {', '.join(clash)} (use --force)")
-    clf = load_classifier(ref, backend)
+    clf = load_classifier(ref, backend, tta=tta)
     d, problems = _decode_folder(folder, clf, reporter)
     seen = training_images_seen(ref, d.paths)
     if seen and reporter:
@@ -62,7 +62,7 @@ def evaluate(ref: registry.ModelRef, data, out: Optional[Path] = None, backend: 
     confidence_report, probs = evaluation_report(raw, d.labels, clf.temperature, target_accuracy)
     scores, wrong = score(d.labels, probs, clf.class_names, d.paths)
     report = {"model": ref.label, "data": os.path.abspath(folder), "backend": clf.backend,
-              "images": int(len(d.labels)), "skipped": len(problems)} | scores
+              "images": int(len(d.labels)), "skipped": len(problems), "tta": bool(tta)} | scores
     report = {k: v for k, v in report.items() if k != "misclassified"} | confidence_report | \
         {"misclassified": report["misclassified"]}
     write_outputs(out, report, [d.pixels[i] for i in wrong[:PICTURE_IMAGES]])

@@ -91,7 +91,33 @@ class KerasClassifier(Classifier):
         return apply_temperature(out, self.temperature) if calibrated else out
 
 
-def load_classifier(ref: ModelRef, backend: str = DEFAULT_BACKEND, precision: str = PREDICT_PRECISION) -> Classifier:
+class MirrorTTA(Classifier):
+    """`--tta`: test-time augmentation around another classifier (either backend): each image's
+    probabilities are the mean of the image's and its left-right mirror's, so Keras and ONNX give the same
+    answer. Costs two model runs an image. Meant for models trained with flips (the pretrained default's
+    augmentation); a class that a mirror turns into another (text, arrows pointing left / right) loses."""
+
+    def __init__(self, inner: Classifier):
+        self.inner, self.ref, self.spec = inner, inner.ref, inner.spec
+        self.class_names, self.temperature = inner.class_names, inner.temperature
+        self.backend = inner.backend
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        # the mean of the uncalibrated answers, then the model's temperature: predict (calibrated) and
+        # evaluate (uncalibrated, calibrated afterwards) take the same path and agree
+        mean = (self.inner.probabilities(batch, False)
+                + self.inner.probabilities(np.ascontiguousarray(batch[:, :, ::-1]), False)) / 2
+        return apply_temperature(mean, self.temperature) if calibrated else mean
+
+
+def load_classifier(ref: ModelRef, backend: str = DEFAULT_BACKEND, precision: str = PREDICT_PRECISION,
+                    tta: bool = False) -> Classifier:
+    """The model's classifier for `backend` / `precision`; with `tta`, wrapped in MirrorTTA."""
+    clf = _load_classifier(ref, backend, precision)
+    return MirrorTTA(clf) if tta else clf
+
+
+def _load_classifier(ref: ModelRef, backend: str, precision: str) -> Classifier:
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision != PRECISIONS[0]:  # fp32: model.onnx or model.keras
