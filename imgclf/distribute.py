@@ -182,6 +182,15 @@ class Distribution:
     def is_chief(self) -> bool:
         return self.cluster is None or self.mode != Mode.multi_worker.value or self.cluster.is_chief
 
+    @property
+    def steps_per_execution(self) -> int:
+        """Optimizer steps per call of Keras' compiled train function: several under a strategy, where each
+        call pays a Python round trip, a pull of the logs from every replica and the callbacks' hooks
+        (bench/distributed_profile.py); one in a single process, where that cost is small."""
+        from imgclf.config import DISTRIBUTED_STEPS_PER_EXECUTION
+
+        return DISTRIBUTED_STEPS_PER_EXECUTION if self.replicas > 1 else 1
+
     def global_batch(self, per_replica: int) -> int:
         return per_replica * self.replicas
 

@@ -217,7 +217,8 @@ def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, dec
             with dist.synchronized_batchnorm(model):
                 for phase in phases:
                     fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights,
-                              reporter, steps_per_epoch=math.ceil(len(tr.labels) / batch))
+                              reporter, steps_per_epoch=math.ceil(len(tr.labels) / batch),
+                              steps_per_execution=dist.steps_per_execution)
             if cfg.label_smoothing:  # val/test loss as plain cross-entropy, comparable between models
                 model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         except BaseException as exc:
@@ -281,7 +282,7 @@ def decode_splits(splits: Splits, spec: PreprocessingSpec, cache_dir: str, repor
 
 
 def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainConfig, run: Run, train_ds, val_ds,
-              weights, reporter: Reporter, steps_per_epoch: int) -> None:
+              weights, reporter: Reporter, steps_per_epoch: int, steps_per_execution: int = 1) -> None:
     """One phase of model.fit, checkpointed every epoch; a phase finished before an interruption is
     restored from its saved best weights instead of being trained again."""
     import keras
@@ -297,7 +298,7 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
         return
     lr = cosine_schedule(keras, phase.lr, phase.epochs, steps_per_epoch) if cfg.lr_schedule == "cosine" else phase.lr
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=training_loss(keras, cfg.label_smoothing or 0.0),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
     callbacks = [keras.callbacks.BackupAndRestore(str(run.checkpoint_dir(phase.name))),
                  _EpochLogger(run, phase, epoch_offset, reporter)]
     if cfg.patience > 0:
