@@ -268,16 +268,38 @@ class Distribution:
             for l, b in zip(layers, before):
                 l.synchronized = b
 
-    def dataset(self, ds):
-        """Each worker trains on its own share of every global batch (sharded by batch, not by file:
-        the pixels come from one array)."""
-        if ds is None or self.mode != Mode.multi_worker.value:
-            return ds
+    def dataset(self, build):
+        """The dataset `build(shard)` makes (a tf.data pipeline of batches of the global batch size, see
+        data.pipeline.make_dataset), spread over the replicas. Every worker draws the same order of
+        indices as one process (same seed) and cuts each global batch into one even slice per replica;
+        `shard` keeps this worker's slices, so a worker gathers, augments and feeds only its own share
+        (tf.distribute's auto-sharding would have each worker prepare every global batch and keep its
+        part). A last batch smaller than the replica count is left out (no replica gets an empty one)."""
+        if self.strategy is None:
+            return build(None)
         import tensorflow as tf
 
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return ds.with_options(options)
+        replicas = self.replicas
+
+        def per_worker(ctx):
+            local = replicas // ctx.num_input_pipelines
+            first = ctx.input_pipeline_id * local
+
+            def shard(idx, n, batch):
+                def slices(i):
+                    size = tf.cast(tf.shape(i)[0], tf.int64)
+                    return tf.data.Dataset.range(first, first + local).map(
+                        lambda r: i[size * r // replicas:size * (r + 1) // replicas])
+
+                steps = -(-n // batch)
+                if 0 < n % batch < replicas:
+                    idx, steps = idx.take(steps - 1), steps - 1
+                # a known length: Keras counts the steps of an epoch (and needs it for steps_per_execution)
+                return idx.flat_map(slices).apply(tf.data.experimental.assert_cardinality(steps * local))
+
+            return build(shard)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
 
     # -- workspace
     def workspace(self, root: Path, resume: Optional[str]) -> Path:

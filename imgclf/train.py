@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 import platform
 import statistics
 import sys
@@ -207,17 +208,22 @@ def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, dec
 
     tr, va = decoded["train"], decoded.get("val")
     batch = dist.global_batch(cfg.batch_size)  # --batch-size is per replica
-    train_ds = dist.dataset(make_dataset(tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed,
-                                         augment=build_augmenter(cfg.augment, cfg.seed)))
-    val_ds = dist.dataset(make_dataset(va.pixels, va.labels, batch)) if va is not None and len(va.labels) else None
     weights = class_weights(tr.labels, num_classes) if cfg.class_weight == "auto" else None
+    augment = build_augmenter(cfg.augment, cfg.seed)
+    # under a strategy the class weights go into the dataset (Keras cannot add them to a distributed one)
+    train_ds = dist.dataset(lambda shard: _weighted(make_dataset(
+        tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed, augment=augment, shard=shard),
+        weights if dist.strategy is not None else None))
+    val_ds = (dist.dataset(lambda shard: make_dataset(va.pixels, va.labels, batch, shard=shard))
+              if va is not None and len(va.labels) else None)
     phases = plan_phases(arch, cfg, reporter)
     with dist.fitting(model):
         try:
             with dist.synchronized_batchnorm(model):
                 for phase in phases:
-                    fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights,
-                              reporter, steps_per_epoch=math.ceil(len(tr.labels) / batch),
+                    fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds,
+                              weights if dist.strategy is None else None, reporter,
+                              steps_per_epoch=math.ceil(len(tr.labels) / batch),
                               steps_per_execution=dist.steps_per_execution)
             if cfg.label_smoothing:  # val/test loss as plain cross-entropy, comparable between models
                 model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -230,6 +236,15 @@ def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, dec
         calibration = calibrate_keras_model(model, va, cfg.calibrate, cfg.batch_size, reporter)
         model.save(run.staging / registry.KERAS_FILE)  # every worker saves (collective reads); only one commits
     return model, metrics, calibration, weights
+
+
+def _weighted(ds, weights):
+    """Each batch with its images' class weights as sample weights (what model.fit's class_weight does)."""
+    if not weights:
+        return ds
+    from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+
+    return ds.map(make_class_weight_map_fn(weights))
 
 
 def _commit(data, cfg: TrainConfig, spec: PreprocessingSpec, splits: Splits, decoded: Dict[str, Decoded],
@@ -309,8 +324,11 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
                                                   min_lr=phase.lr / 32, verbose=0))
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                        restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
-    model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
-              verbose=0)
+    with warnings.catch_warnings():
+        # several steps per execution: the epoch's last call finds fewer batches than it could take
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
+                  verbose=0)
     model.save_weights(run.phase_weights(phase.name))
 
 
@@ -358,7 +376,7 @@ def _smoothed_loss_class(keras):
 
 
 def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int,
-                  shard=lambda ds: ds) -> dict:
+                  distribute=lambda build: build(None)) -> dict:
     metrics = {}
     if history:
         last = history[-1]
@@ -369,7 +387,8 @@ def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch
     for split_name in ("val", "test"):
         d = decoded.get(split_name)
         if d is not None and len(d.labels):
-            loss, acc = model.evaluate(shard(make_dataset(d.pixels, d.labels, batch_size)), verbose=0)
+            ds = distribute(lambda shard: make_dataset(d.pixels, d.labels, batch_size, shard=shard))
+            loss, acc = model.evaluate(ds, verbose=0)
             metrics[f"{split_name}_loss"], metrics[f"{split_name}_accuracy"] = float(loss), float(acc)
     return metrics
 
