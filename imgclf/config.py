@@ -374,3 +374,16 @@ QUANTIZE_PRETRAINED_KEEP_FLOAT = ("softmax", "memory", "features")
 QUANTIZE_MOBILENET_V2_FLOAT_LAYERS = ("Conv1", "bn_Conv1", "expanded_conv") + tuple(f"block_{i}" for i in range(1, 7))
 #: how their activation ranges are calibrated (MinMax | Entropy | Percentile)
 QUANTIZE_PRETRAINED_CALIBRATION = "MinMax"
+
+# Distributed training (imgclf/distribute.py, docs/distributed.md; issue 33)
+#: how the default learning rate follows a global batch that grows with the replicas (an explicit
+#: --batch-size is per replica): "sqrt" (Adam), "linear" (Goyal et al. for SGD) or "none"
+DISTRIBUTED_LR_SCALING = "sqrt"
+#: on several replicas BatchNormalization uses the global batch's statistics (Keras' synchronized=True), as
+#: one process would: 1,000 Fashion-MNIST images, 3 epochs, two workers within a point of one process
+#: instead of 5 points under (per-replica statistics, half the batch each; docs/distributed.md)
+DISTRIBUTED_SYNC_BATCHNORM = True
+#: optimizer steps Keras runs per call of its compiled train function under a strategy (model.compile's
+#: steps_per_execution): fewer Python round trips, log pulls and callback calls per epoch
+#: (bench/distributed_profile.py); 1 in one process, where the per-step overhead is small
+DISTRIBUTED_STEPS_PER_EXECUTION = 8

@@ -178,6 +178,15 @@ class Distribution:
     def is_chief(self) -> bool:
         return self.cluster is None or self.mode != Mode.multi_worker.value or self.cluster.is_chief
 
+    @property
+    def steps_per_execution(self) -> int:
+        """Optimizer steps per call of Keras' compiled train function: several under a strategy, where each
+        call pays a Python round trip, a pull of the logs from every replica and the callbacks' hooks
+        (bench/distributed_profile.py); one in a single process, where that cost is small."""
+        from imgclf.config import DISTRIBUTED_STEPS_PER_EXECUTION
+
+        return DISTRIBUTED_STEPS_PER_EXECUTION if self.replicas > 1 else 1
+
     def global_batch(self, per_replica: int) -> int:
         return per_replica * self.replicas
 
@@ -233,16 +242,60 @@ class Distribution:
         finally:
             trainer.reduce_per_replica = original
 
-    def dataset(self, ds):
-        """Each worker trains on its own share of every global batch (sharded by batch, not by file:
-        the pixels come from one array)."""
-        if ds is None or self.mode != Mode.multi_worker.value:
-            return ds
+    @contextlib.contextmanager
+    def synchronized_batchnorm(self, model):
+        """While training on several replicas, every BatchNormalization layer normalises with the mean and
+        variance of the whole global batch (Keras' `synchronized=True`: an all-reduce of their sums), so
+        its batch statistics and moving averages are those one process computes on the same batch, the
+        same on every replica. Reset afterwards: the saved model's layers are the usual ones."""
+        from imgclf.config import DISTRIBUTED_SYNC_BATCHNORM
+
+        layers = [l for l in model._flatten_layers(include_self=False, recursive=True)
+                  if hasattr(l, "synchronized") and hasattr(l, "moving_mean")]
+        if self.replicas <= 1 or not DISTRIBUTED_SYNC_BATCHNORM or not layers:
+            yield
+            return
+        before = [l.synchronized for l in layers]
+        for l in layers:
+            l.synchronized = True
+        try:
+            yield
+        finally:
+            for l, b in zip(layers, before):
+                l.synchronized = b
+
+    def dataset(self, build):
+        """The dataset `build(shard)` makes (a tf.data pipeline of batches of the global batch size, see
+        data.pipeline.make_dataset), spread over the replicas. Every worker draws the same order of
+        indices as one process (same seed) and cuts each global batch into one even slice per replica;
+        `shard` keeps this worker's slices, so a worker gathers, augments and feeds only its own share
+        (tf.distribute's auto-sharding would have each worker prepare every global batch and keep its
+        part). A last batch smaller than the replica count is left out (no replica gets an empty one)."""
+        if self.strategy is None:
+            return build(None)
         import tensorflow as tf
 
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return ds.with_options(options)
+        replicas = self.replicas
+
+        def per_worker(ctx):
+            local = replicas // ctx.num_input_pipelines
+            first = ctx.input_pipeline_id * local
+
+            def shard(idx, n, batch):
+                def slices(i):
+                    size = tf.cast(tf.shape(i)[0], tf.int64)
+                    return tf.data.Dataset.range(first, first + local).map(
+                        lambda r: i[size * r // replicas:size * (r + 1) // replicas])
+
+                steps = -(-n // batch)
+                if 0 < n % batch < replicas:
+                    idx, steps = idx.take(steps - 1), steps - 1
+                # a known length: Keras counts the steps of an epoch (and needs it for steps_per_execution)
+                return idx.flat_map(slices).apply(tf.data.experimental.assert_cardinality(steps * local))
+
+            return build(shard)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
 
     # -- workspace
     def workspace(self, root: Path, resume: Optional[str]) -> Path:
@@ -518,6 +571,36 @@ def data_fingerprint(file_fingerprint: str, class_names: List[str], counts: List
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps([file_fingerprint, class_names, counts, spec], sort_keys=True).encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------- scaling to the replicas
+def scale_for_replicas(cfg, replicas: int, batch_given: bool, lr_given: bool) -> str:
+    """Fit the training options to `replicas` replicas (after TrainConfig.resolve_defaults; a resumed
+    run's options are all given, so nothing is scaled twice). Returns a line saying what changed, or "".
+
+    - --batch-size left to its default: the default is the one-process (global) batch, split evenly over
+      the replicas, so the run takes the same optimizer steps, with the same learning rate, warm-up and
+      schedule, as one process: the same command trains the same model (issue 33: 0.166 -> one process).
+    - --batch-size given: it is per replica (TensorFlow's convention), the global batch is `replicas`
+      times larger and an epoch has that many times fewer steps; the default learning rate (no --lr)
+      grows by sqrt(replicas) (DISTRIBUTED_LR_SCALING, the rule for Adam), a given --lr is kept.
+    Warm-up and cosine lengths are counted in optimizer steps of the global batch (train.fit_phase)."""
+    from imgclf.config import DISTRIBUTED_LR_SCALING
+
+    if replicas <= 1:
+        return ""
+    if not batch_given:
+        one = cfg.batch_size
+        cfg.batch_size = max(1, one // replicas)
+        return (f"batch {one} (the one-process default) split over {replicas} replicas: {cfg.batch_size} per "
+                f"replica, the same steps and learning rate as one process")
+    if lr_given or DISTRIBUTED_LR_SCALING == "none":
+        return ""
+    factor = replicas ** 0.5 if DISTRIBUTED_LR_SCALING == "sqrt" else float(replicas)
+    old, cfg.lr = cfg.lr, min(0.5, cfg.lr * factor)
+    return (f"learning rate {old:g} x {factor:.3g} = {cfg.lr:.3g} for the global batch "
+            f"{cfg.batch_size * replicas} ({replicas} replicas of --batch-size {cfg.batch_size}); "
+            f"give --lr to set it")
 
 
 # ------------------------------------------------------------------------------------ making a plan

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import platform
 import statistics
 import sys
@@ -119,11 +120,41 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     if resume:
         data, cfg, info = load_run(root, resume)
         reporter.info(f"resuming run {resume} ({info.get('epochs_done', 0)} epochs done)")
+    given = {"batch_size": cfg.batch_size is not None, "lr": cfg.lr is not None}   # before the defaults
+    splits, arch, spec = _prepare(data, cfg, resume, reporter)
+    pretrained = arch.starts_pretrained(cfg.weights)
+
+    from imgclf.tf_quiet import import_keras
+
+    keras = import_keras()
+    _start_distribution(dist, cfg, pretrained, len(splits.train.samples), given, reporter)
+    dist.check_same_data(distribute.data_fingerprint(
+        fingerprint([p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]),
+        splits.class_names, [len(d.samples) if d is not None else -1 for d in (splits.train, splits.val, splits.test)],
+        spec.to_dict()), data)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.seed)
+    # build first: a bad --weights file fails before minutes of decoding
+    with dist.scope():
+        model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
+    if cfg.memory and not memory.has_features(model):
+        raise UsageError(f"--memory {cfg.memory:g}: {cfg.arch} at {spec.image_size[0]} px has no pooled features "
+                         "to remember (the MobileNets have them, and the cnn from 64 px); use --memory 0")
+    decoded = _decode_checked(data, splits, spec, cfg.cache_dir or str(root / ".cache"), reporter)
+    run = start_run(root, cfg.name, data, cfg, resume, fingerprint([p for d in decoded.values() for p in d.paths]))
+    model, metrics, calibration, weights = _fit_and_evaluate(model, arch, cfg, run, decoded, len(splits.class_names),
+                                                             dist, registry_dir, reporter)
+    return _commit(data, cfg, spec, splits, decoded, weights, metrics, calibration, model, run, dist)
+
+
+def _prepare(data, cfg: TrainConfig, resume: Optional[str], reporter: Reporter):
+    """Check the options, read and split the data, choose the architecture, fill the defaults and the
+    preprocessing (nothing of TensorFlow runs yet). Returns (splits, architecture, spec)."""
     cfg.validate()
     if cfg.arch != AUTO_ARCH:  # a bad --arch/--weights pair fails before the data is read
         get_architecture(cfg.arch).check_weights(cfg.weights)
     cfg.name = registry.check_name(cfg.name or registry.safe_name(Path(os.path.abspath(data)).name))
-
     splits = load_splits(data, cfg.val_split, cfg.seed)
     for p in splits.problems:
         reporter.warn(f"skipped {p.path}: {p.reason}")
@@ -142,60 +173,83 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
     reporter.info(f"{len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
                   f"{', ...' if len(splits.class_names) > 10 else ''}); images {spec.image_size[0]}x"
                   f"{spec.image_size[1]}x{spec.channels}; arch {cfg.arch}")
+    return splits, arch, spec
 
-    from imgclf.tf_quiet import import_keras
 
-    keras = import_keras()
-    dist.start()  # before any other TensorFlow op
+def _start_distribution(dist: distribute.Distribution, cfg: TrainConfig, pretrained: bool, n_train: int,
+                        given: dict, reporter: Reporter) -> None:
+    """Start the strategy (before any other TensorFlow op) and fit the batch size, the learning rate and
+    the schedule to its replicas (distribute.scale_for_replicas; docs/distributed.md)."""
+    dist.start()
+    note = distribute.scale_for_replicas(cfg, dist.replicas, given["batch_size"], given["lr"])
     # the short-run rule counts optimizer steps, and a step takes a batch on every replica
     cfg.resolve_schedule(pretrained, n_train=n_train, replicas=dist.replicas)
     if dist.strategy is not None:
         reporter.info(dist.summary(cfg.batch_size))
-    dist.check_same_data(distribute.data_fingerprint(
-        fingerprint([p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]),
-        splits.class_names, [len(d.samples) if d is not None else -1 for d in (splits.train, splits.val, splits.test)],
-        spec.to_dict()), data)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(cfg.seed)
-    # build first: a bad --weights file fails before minutes of decoding
-    with dist.scope():
-        model = arch_choice.build_model(arch, spec.shape, len(splits.class_names), cfg)
-    if cfg.memory and not memory.has_features(model):
-        raise UsageError(f"--memory {cfg.memory:g}: {cfg.arch} at {spec.image_size[0]} px has no pooled features "
-                         "to remember (the MobileNets have them, and the cnn from 64 px); use --memory 0")
+    if note:
+        reporter.info(note)
 
-    decoded = decode_splits(splits, spec, cfg.cache_dir or str(root / ".cache"), reporter)
+
+def _decode_checked(data, splits: Splits, spec: PreprocessingSpec, cache_dir: str,
+                    reporter: Reporter) -> Dict[str, Decoded]:
+    decoded = decode_splits(splits, spec, cache_dir, reporter)
     if len(decoded["train"].labels) == 0:
         raise DataError(f"{data}: no decodable training images")
     if len(set(decoded["train"].labels.tolist())) < 2:
         raise DataError(f"{data}: the training images cover only one class")
+    return decoded
 
-    run = start_run(root, cfg.name, data, cfg, resume, fingerprint([p for d in decoded.values() for p in d.paths]))
+
+def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, decoded: Dict[str, Decoded],
+                      num_classes: int, dist: distribute.Distribution, registry_dir, reporter: Reporter):
+    """Every phase of training, the memory, the val/test metrics and the calibration, under the strategy;
+    the model saved in the staging folder. Returns (model, metrics, calibration, class weights)."""
     from imgclf.data.augment import build_augmenter
 
     tr, va = decoded["train"], decoded.get("val")
     batch = dist.global_batch(cfg.batch_size)  # --batch-size is per replica
-    train_ds = dist.dataset(make_dataset(tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed,
-                                         augment=build_augmenter(cfg.augment, cfg.seed)))
-    val_ds = dist.dataset(make_dataset(va.pixels, va.labels, batch)) if va is not None and len(va.labels) else None
-    weights = class_weights(tr.labels, len(splits.class_names)) if cfg.class_weight == "auto" else None
+    weights = class_weights(tr.labels, num_classes) if cfg.class_weight == "auto" else None
+    augment = build_augmenter(cfg.augment, cfg.seed)
+    # under a strategy the class weights go into the dataset (Keras cannot add them to a distributed one)
+    train_ds = dist.dataset(lambda shard: _weighted(make_dataset(
+        tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed, augment=augment, shard=shard),
+        weights if dist.strategy is not None else None))
+    val_ds = (dist.dataset(lambda shard: make_dataset(va.pixels, va.labels, batch, shard=shard))
+              if va is not None and len(va.labels) else None)
     phases = plan_phases(arch, cfg, reporter)
     with dist.fitting(model):
         try:
-            for phase in phases:
-                fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds, weights, reporter,
-                          steps_per_epoch=math.ceil(len(tr.labels) / batch))
+            with dist.synchronized_batchnorm(model):
+                for phase in phases:
+                    fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds,
+                              weights if dist.strategy is None else None, reporter,
+                              steps_per_epoch=math.ceil(len(tr.labels) / batch),
+                              steps_per_execution=dist.steps_per_execution)
             if cfg.label_smoothing:  # val/test loss as plain cross-entropy, comparable between models
                 model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         except BaseException as exc:
             run.abandon(dist.translate(exc, dist.resume_hint(run, registry_dir)), registry_dir)
         if cfg.memory:
-            model = add_memory(model, tr, len(splits.class_names), cfg, reporter)
+            model = add_memory(model, tr, num_classes, cfg, reporter)
         metrics = final_metrics(model, run.history(), decoded, batch, dist.dataset)
         from imgclf.calibration import calibrate_keras_model
-        calibration = calibrate_keras_model(model, decoded.get("val"), cfg.calibrate, cfg.batch_size, reporter)
+        calibration = calibrate_keras_model(model, va, cfg.calibrate, cfg.batch_size, reporter)
         model.save(run.staging / registry.KERAS_FILE)  # every worker saves (collective reads); only one commits
+    return model, metrics, calibration, weights
+
+
+def _weighted(ds, weights):
+    """Each batch with its images' class weights as sample weights (what model.fit's class_weight does)."""
+    if not weights:
+        return ds
+    from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+
+    return ds.map(make_class_weight_map_fn(weights))
+
+
+def _commit(data, cfg: TrainConfig, spec: PreprocessingSpec, splits: Splits, decoded: Dict[str, Decoded],
+            weights, metrics: dict, calibration, model, run: Run, dist: distribute.Distribution) -> dict:
+    """The curves and metadata.json, then the atomic commit of the version (the chief's is the model)."""
     from imgclf.plots import curves_png
     curves_png(run.staging / registry.CURVES, run.history(), title=f"{cfg.name}: loss and accuracy per epoch")
     metadata = build_metadata(data, cfg, spec, splits, decoded, weights, metrics)
@@ -243,7 +297,7 @@ def decode_splits(splits: Splits, spec: PreprocessingSpec, cache_dir: str, repor
 
 
 def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainConfig, run: Run, train_ds, val_ds,
-              weights, reporter: Reporter, steps_per_epoch: int) -> None:
+              weights, reporter: Reporter, steps_per_epoch: int, steps_per_execution: int = 1) -> None:
     """One phase of model.fit, checkpointed every epoch; a phase finished before an interruption is
     restored from its saved best weights instead of being trained again."""
     import keras
@@ -259,7 +313,7 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
         return
     lr = cosine_schedule(keras, phase.lr, phase.epochs, steps_per_epoch) if cfg.lr_schedule == "cosine" else phase.lr
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=training_loss(keras, cfg.label_smoothing or 0.0),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
     callbacks = [keras.callbacks.BackupAndRestore(str(run.checkpoint_dir(phase.name))),
                  _EpochLogger(run, phase, epoch_offset, reporter)]
     if cfg.patience > 0:
@@ -270,8 +324,11 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
                                                   min_lr=phase.lr / 32, verbose=0))
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                        restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
-    model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
-              verbose=0)
+    with warnings.catch_warnings():
+        # several steps per execution: the epoch's last call finds fewer batches than it could take
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
+                  verbose=0)
     model.save_weights(run.phase_weights(phase.name))
 
 
@@ -319,7 +376,7 @@ def _smoothed_loss_class(keras):
 
 
 def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int,
-                  shard=lambda ds: ds) -> dict:
+                  distribute=lambda build: build(None)) -> dict:
     metrics = {}
     if history:
         last = history[-1]
@@ -330,7 +387,8 @@ def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch
     for split_name in ("val", "test"):
         d = decoded.get(split_name)
         if d is not None and len(d.labels):
-            loss, acc = model.evaluate(shard(make_dataset(d.pixels, d.labels, batch_size)), verbose=0)
+            ds = distribute(lambda shard: make_dataset(d.pixels, d.labels, batch_size, shard=shard))
+            loss, acc = model.evaluate(ds, verbose=0)
             metrics[f"{split_name}_loss"], metrics[f"{split_name}_accuracy"] = float(loss), float(acc)
     return metrics
 

@@ -243,7 +243,7 @@ def _row_reader(pixels: np.memmap):
 
 
 def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, augment=None):
+                 seed: int = 0, augment=None, shard=None):
     """A tf.data pipeline of (float32 NHWC raw pixels, int32 labels) batches.
 
     Shuffling works on indices, so every epoch draws a new order (never `shuffle().cache()`, which
@@ -260,6 +260,8 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     if shuffle:
         idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     idx = idx.batch(batch_size)
+    if shard is not None:  # distributed training: this worker's share of each batch (distribute.py)
+        idx = shard(idx, n, batch_size)
     y_all = tf.constant(labels, dtype=tf.int32)
     if isinstance(pixels, np.memmap):
         fetch = _row_reader(pixels)
