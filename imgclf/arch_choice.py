@@ -14,6 +14,7 @@ instead of quietly training something else.
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from typing import Optional
 
 from imgclf.config import (AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PHOTO_IMAGE_SIZE, PHOTO_MIN_SIDE, PRETRAINED_ARCH,
@@ -25,41 +26,42 @@ from imgclf.preprocessing import is_grayscale_mode
 SCRATCH_ARCH = "cnn"
 
 
-def choose(cfg: TrainConfig, train: Dataset) -> dict:
-    """Resolve cfg.arch ("auto" -> a registered name) and record the choice in cfg.arch_choice.
-    A run being resumed keeps the choice it made when it started."""
+def choose(cfg: TrainConfig, train: Dataset) -> TrainConfig:
+    """A new TrainConfig with cfg.arch resolved ("auto" -> a registered name), the choice and its reason in
+    arch_choice, and the photo input size where it applies (`cfg` is not changed). A run being resumed
+    keeps the choice it made when it started."""
     if cfg.arch_choice is not None:
-        return cfg.arch_choice
+        return cfg
     if cfg.arch != AUTO_ARCH:
-        cfg.arch_choice = {"requested": cfg.arch, "chosen": cfg.arch, "reason": "--arch given"}
+        choice = {"requested": cfg.arch, "chosen": cfg.arch, "reason": "--arch given"}
     else:
         chosen, reason = _decide(cfg, train)
-        cfg.arch = chosen
-        cfg.arch_choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
-    _photo_size(cfg, train)
-    return cfg.arch_choice
+        choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
+    size, why = _photo_size(cfg, choice["chosen"], train)
+    if size is None:
+        return replace(cfg, arch=choice["chosen"], arch_choice=choice)
+    choice.update(image_size=size, image_size_reason=why)
+    return replace(cfg, arch=choice["chosen"], arch_choice=choice, image_size=size)
 
 
-def _photo_size(cfg: TrainConfig, train: Dataset) -> None:
-    """A pretrained network on photos: PHOTO_IMAGE_SIZE px unless --image-size was given (recorded in
-    cfg.arch_choice and applied to cfg.image_size)."""
+def _photo_size(cfg: TrainConfig, arch_name: str, train: Dataset):
+    """A pretrained network on photos: (PHOTO_IMAGE_SIZE, the reason) unless --image-size was given;
+    else (None, None)."""
     from imgclf.architectures import get_architecture
 
     if cfg.image_size is not None or not train.samples:
-        return
+        return None, None
     try:
-        arch = get_architecture(cfg.arch)
+        arch = get_architecture(arch_name)
     except UsageError:  # an unknown --arch: train reports it
-        return
+        return None, None
     if not arch.starts_pretrained(cfg.weights) or (arch.allowed_sizes and PHOTO_IMAGE_SIZE not in arch.allowed_sizes):
-        return
+        return None, None
     size = int(statistics.median(min(s.width, s.height) for s in train.samples))
     if size < PHOTO_MIN_SIDE:
-        return
-    cfg.image_size = PHOTO_IMAGE_SIZE
-    cfg.arch_choice["image_size"] = PHOTO_IMAGE_SIZE
-    cfg.arch_choice["image_size_reason"] = (f"photos of {size} px typical (at least {PHOTO_MIN_SIDE} px): read at "
-                                            f"{PHOTO_IMAGE_SIZE} px, so small objects keep their detail")
+        return None, None
+    return PHOTO_IMAGE_SIZE, (f"photos of {size} px typical (at least {PHOTO_MIN_SIDE} px): read at "
+                              f"{PHOTO_IMAGE_SIZE} px, so small objects keep their detail")
 
 
 def _decide(cfg: TrainConfig, train: Dataset):

@@ -233,16 +233,6 @@ class TrainConfig:
     calibrate: str = "temperature"        # temperature (fitted on the val split) | none
     memory: Optional[float] = None        # weight of the nearest-neighbour vote, 0..1 (0 = off); None: default
 
-    def resolve_defaults(self, pretrained: bool, n_train: Optional[int] = None) -> None:
-        """In place: `resolve(self, pretrained, n_train)` copied into this object (for train.py until it
-        takes resolve's new object; new code calls resolve)."""
-        self.__dict__.update(resolve(self, pretrained, n_train).__dict__)
-
-    def resolve_schedule(self, pretrained: bool, n_train: Optional[int] = None, replicas: int = 1) -> None:
-        """In place: `resolve(self, pretrained, n_train, replicas)` copied into this object (see
-        resolve_defaults; resolving twice changes nothing the first call filled)."""
-        self.__dict__.update(resolve(self, pretrained, n_train, replicas).__dict__)
-
     def optimizer_steps(self, n_train: int, replicas: int = 1) -> int:
         """Steps of a run of `epochs` over `n_train` images, a step taking `batch_size` on each replica."""
         return _steps(n_train, self.batch_size, self.epochs, replicas)

@@ -33,6 +33,7 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
+from imgclf.config import DISTRIBUTE_MODE
 from imgclf.errors import ClusterError, ImgclfError, UsageError
 
 TF_CONFIG = "TF_CONFIG"
@@ -574,9 +575,10 @@ def data_fingerprint(file_fingerprint: str, class_names: List[str], counts: List
 
 
 # ------------------------------------------------------------------------- scaling to the replicas
-def scale_for_replicas(cfg, replicas: int, batch_given: bool, lr_given: bool) -> str:
-    """Fit the training options to `replicas` replicas (after TrainConfig.resolve_defaults; a resumed
-    run's options are all given, so nothing is scaled twice). Returns a line saying what changed, or "".
+def scale_for_replicas(cfg, replicas: int, batch_given: bool, lr_given: bool):
+    """The training options fitted to `replicas` replicas (after config.resolve; a resumed run's options
+    are all given, so nothing is scaled twice). Returns (a new config, a line saying what changed or "");
+    `cfg` is not changed.
 
     - --batch-size left to its default: the default is the one-process (global) batch, split evenly over
       the replicas, so the run takes the same optimizer steps, with the same learning rate, warm-up and
@@ -587,20 +589,22 @@ def scale_for_replicas(cfg, replicas: int, batch_given: bool, lr_given: bool) ->
     Warm-up and cosine lengths are counted in optimizer steps of the global batch (train.fit_phase)."""
     from imgclf.config import DISTRIBUTED_LR_SCALING
 
+    from dataclasses import replace
+
     if replicas <= 1:
-        return ""
+        return cfg, ""
     if not batch_given:
-        one = cfg.batch_size
-        cfg.batch_size = max(1, one // replicas)
-        return (f"batch {one} (the one-process default) split over {replicas} replicas: {cfg.batch_size} per "
-                f"replica, the same steps and learning rate as one process")
+        one, per = cfg.batch_size, max(1, cfg.batch_size // replicas)
+        return replace(cfg, batch_size=per), (f"batch {one} (the one-process default) split over {replicas} "
+                                              f"replicas: {per} per replica, the same steps and learning rate "
+                                              "as one process")
     if lr_given or DISTRIBUTED_LR_SCALING == "none":
-        return ""
+        return cfg, ""
     factor = replicas ** 0.5 if DISTRIBUTED_LR_SCALING == "sqrt" else float(replicas)
-    old, cfg.lr = cfg.lr, min(0.5, cfg.lr * factor)
-    return (f"learning rate {old:g} x {factor:.3g} = {cfg.lr:.3g} for the global batch "
-            f"{cfg.batch_size * replicas} ({replicas} replicas of --batch-size {cfg.batch_size}); "
-            f"give --lr to set it")
+    lr = min(0.5, cfg.lr * factor)
+    return replace(cfg, lr=lr), (f"learning rate {cfg.lr:g} x {factor:.3g} = {lr:.3g} for the global batch "
+                                 f"{cfg.batch_size * replicas} ({replicas} replicas of --batch-size "
+                                 f"{cfg.batch_size}); give --lr to set it")
 
 
 # ------------------------------------------------------------------------------------ making a plan
@@ -624,7 +628,7 @@ def resolve_mode(mode: str, cluster: Optional[ClusterSpec], gpus: int) -> str:
     return mode
 
 
-def plan(mode: str = "auto", cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT, reporter=None) -> Distribution:
+def plan(mode: str = DISTRIBUTE_MODE, cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT, reporter=None) -> Distribution:
     """The strategy this run will use (TF_CONFIG checked; nothing started yet)."""
     check_timeout(cluster_timeout)
     try:

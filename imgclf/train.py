@@ -17,7 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,7 +26,7 @@ import numpy as np
 
 from imgclf import arch_choice, distribute, memory, registry
 from imgclf.architectures import Architecture, get_architecture
-from imgclf.config import AUTO_ARCH, MEMORY_MAX_IMAGES, MEMORY_TEMPERATURE, TrainConfig
+from imgclf.config import AUTO_ARCH, DISTRIBUTE_MODE, MEMORY_MAX_IMAGES, MEMORY_TEMPERATURE, TrainConfig, resolve
 from imgclf.console import Reporter
 from imgclf.data.files import fingerprint
 from imgclf.data.pipeline import Decoded, decode, make_dataset
@@ -35,6 +35,7 @@ from imgclf.data.split import Splits, load_splits
 from imgclf.errors import DataError, UsageError
 from imgclf.preprocessing import PreprocessingSpec, is_grayscale_mode
 from imgclf.runs import Run, load_run, start_run
+from imgclf.tf_quiet import keras_class
 
 N_SAMPLE_PATHS = 32
 #: early stopping waits this many epochs: BatchNorm statistics need a few epochs on small datasets
@@ -93,7 +94,7 @@ def library_versions() -> dict:
 
 
 def train(data, cfg: TrainConfig, registry_dir=None, reporter: Optional[Reporter] = None,
-          resume: Optional[str] = None, distribute_mode: str = "auto",
+          resume: Optional[str] = None, distribute_mode: str = DISTRIBUTE_MODE,
           cluster_timeout: int = distribute.DEFAULT_CLUSTER_TIMEOUT) -> dict:
     """Train a model and commit it to the registry. Returns the new version's metadata.
     distribute_mode/cluster_timeout: see imgclf/distribute.py (every worker of a cluster calls this)."""
@@ -121,13 +122,13 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
         data, cfg, info = load_run(root, resume)
         reporter.info(f"resuming run {resume} ({info.get('epochs_done', 0)} epochs done)")
     given = {"batch_size": cfg.batch_size is not None, "lr": cfg.lr is not None}   # before the defaults
-    splits, arch, spec = _prepare(data, cfg, resume, reporter)
+    cfg, splits, arch, spec = _prepare(data, cfg, resume, reporter)
     pretrained = arch.starts_pretrained(cfg.weights)
 
     from imgclf.tf_quiet import import_keras
 
     keras = import_keras()
-    _start_distribution(dist, cfg, pretrained, len(splits.train.samples), given, reporter)
+    cfg = _start_distribution(dist, cfg, pretrained, len(splits.train.samples), given, reporter)
     dist.check_same_data(distribute.data_fingerprint(
         fingerprint([p for d in (splits.train, splits.val, splits.test) if d is not None for p in d.paths]),
         splits.class_names, [len(d.samples) if d is not None else -1 for d in (splits.train, splits.val, splits.test)],
@@ -150,20 +151,22 @@ def _train(data, cfg: TrainConfig, registry_dir, reporter: Reporter, resume: Opt
 
 def _prepare(data, cfg: TrainConfig, resume: Optional[str], reporter: Reporter):
     """Check the options, read and split the data, choose the architecture, fill the defaults and the
-    preprocessing (nothing of TensorFlow runs yet). Returns (splits, architecture, spec)."""
+    preprocessing (nothing of TensorFlow runs yet). Returns (the resolved config, a new object; splits,
+    architecture, spec)."""
     cfg.validate()
     if cfg.arch != AUTO_ARCH:  # a bad --arch/--weights pair fails before the data is read
         get_architecture(cfg.arch).check_weights(cfg.weights)
-    cfg.name = registry.check_name(cfg.name or registry.safe_name(Path(os.path.abspath(data)).name))
+    cfg = replace(cfg, name=registry.check_name(cfg.name or registry.safe_name(Path(os.path.abspath(data)).name)))
     splits = load_splits(data, cfg.val_split, cfg.seed)
     for p in splits.problems:
         reporter.warn(f"skipped {p.path}: {p.reason}")
-    choice = arch_choice.choose(cfg, splits.train)
+    cfg = arch_choice.choose(cfg, splits.train)
+    choice = cfg.arch_choice
     arch = get_architecture(cfg.arch)
     arch.check_weights(cfg.weights)
     pretrained, n_train = arch.starts_pretrained(cfg.weights), len(splits.train.samples)
     memory_default = cfg.memory is None
-    cfg.resolve_defaults(pretrained, n_train=n_train)
+    cfg = resolve(cfg, pretrained, n_train=n_train)
     if memory_default and pretrained and not cfg.memory and not resume:
         reporter.info(f"nearest-neighbour memory off: {n_train:,} training images, over {MEMORY_MAX_IMAGES:,} "
                       "(pass --memory 0.5 to keep it)")
@@ -173,21 +176,23 @@ def _prepare(data, cfg: TrainConfig, resume: Optional[str], reporter: Reporter):
     reporter.info(f"{len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
                   f"{', ...' if len(splits.class_names) > 10 else ''}); images {spec.image_size[0]}x"
                   f"{spec.image_size[1]}x{spec.channels}; arch {cfg.arch}")
-    return splits, arch, spec
+    return cfg, splits, arch, spec
 
 
 def _start_distribution(dist: distribute.Distribution, cfg: TrainConfig, pretrained: bool, n_train: int,
-                        given: dict, reporter: Reporter) -> None:
-    """Start the strategy (before any other TensorFlow op) and fit the batch size, the learning rate and
-    the schedule to its replicas (distribute.scale_for_replicas; docs/distributed.md)."""
+                        given: dict, reporter: Reporter) -> TrainConfig:
+    """Start the strategy (before any other TensorFlow op); returns the config with the batch size, the
+    learning rate and the schedule fitted to its replicas (distribute.scale_for_replicas;
+    docs/distributed.md)."""
     dist.start()
-    note = distribute.scale_for_replicas(cfg, dist.replicas, given["batch_size"], given["lr"])
+    cfg, note = distribute.scale_for_replicas(cfg, dist.replicas, given["batch_size"], given["lr"])
     # the short-run rule counts optimizer steps, and a step takes a batch on every replica
-    cfg.resolve_schedule(pretrained, n_train=n_train, replicas=dist.replicas)
+    cfg = resolve(cfg, pretrained, n_train=n_train, replicas=dist.replicas)
     if dist.strategy is not None:
         reporter.info(dist.summary(cfg.batch_size))
     if note:
         reporter.info(note)
+    return cfg
 
 
 def _decode_checked(data, splits: Splits, spec: PreprocessingSpec, cache_dir: str,
@@ -320,7 +325,7 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
         monitor = "val_loss" if val_ds is not None else "loss"
         if cfg.lr_schedule != "cosine":
             # halve the step size when progress stalls, well before early stopping gives up
-            callbacks.append(_warm_plateau(keras)(monitor=monitor, factor=0.5, patience=max(1, cfg.patience // 2),
+            callbacks.append(_warm_plateau()(monitor=monitor, factor=0.5, patience=max(1, cfg.patience // 2),
                                                   min_lr=phase.lr / 32, verbose=0))
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                        restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
@@ -348,31 +353,27 @@ def training_loss(keras, smoothing: float):
     S spread evenly over all classes (Keras' categorical label smoothing)."""
     if not smoothing:
         return "sparse_categorical_crossentropy"
-    return _smoothed_loss_class(keras)(smoothing)
+    return _smoothed_loss_class()(smoothing)
 
 
-_SMOOTHED = None
-
-
+@keras_class
 def _smoothed_loss_class(keras):
-    global _SMOOTHED
-    if _SMOOTHED is None:
-        @keras.saving.register_keras_serializable(package="imgclf")
-        class SmoothedSparseCrossentropy(keras.losses.Loss):
-            def __init__(self, smoothing=0.1, name="smoothed_sparse_crossentropy", **kwargs):
-                super().__init__(name=name, **kwargs)
-                self.smoothing = float(smoothing)
+    @keras.saving.register_keras_serializable(package="imgclf")
+    class SmoothedSparseCrossentropy(keras.losses.Loss):
+        def __init__(self, smoothing=0.1, name="smoothed_sparse_crossentropy", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.smoothing = float(smoothing)
 
-            def call(self, y_true, y_pred):
-                ops = keras.ops
-                labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-                one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-                return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.smoothing)
+        def call(self, y_true, y_pred):
+            ops = keras.ops
+            labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+            one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+            return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.smoothing)
 
-            def get_config(self):
-                return {**super().get_config(), "smoothing": self.smoothing}
-        _SMOOTHED = SmoothedSparseCrossentropy
-    return _SMOOTHED
+        def get_config(self):
+            return {**super().get_config(), "smoothing": self.smoothing}
+
+    return SmoothedSparseCrossentropy
 
 
 def final_metrics(model, history: List[dict], decoded: Dict[str, Decoded], batch_size: int,
@@ -432,9 +433,8 @@ def _summary(ds: Optional[Dataset], decoded: Optional[Decoded]) -> Optional[dict
             "per_class": {c: int(n) for c, n in zip(ds.class_names, counts)}}
 
 
-def _make_epoch_logger():
-    import keras
-
+@keras_class
+def _make_epoch_logger(keras):
     class EpochLogger(keras.callbacks.Callback):
         """Per-epoch progress on stderr and history.csv/run.json in the staging folder."""
 
@@ -476,6 +476,7 @@ def _make_epoch_logger():
     return EpochLogger
 
 
+@keras_class
 def _warm_plateau(keras):
     class WarmReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         """ReduceLROnPlateau that, like our early stopping, ignores the BatchNorm warm-up epochs."""

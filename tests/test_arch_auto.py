@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SAMPLE_IMAGES, cli, error_line, make_tree, write_small_backbone
 from imgclf import arch_choice
-from imgclf.config import PRETRAINED_DEFAULTS, SCRATCH_DEFAULTS, AugmentConfig, TrainConfig
+from imgclf.config import PRETRAINED_DEFAULTS, SCRATCH_DEFAULTS, AugmentConfig, TrainConfig, resolve
 from imgclf.data.scan import Dataset, Sample
 from imgclf.data.split import load_splits
 
@@ -33,8 +33,8 @@ def _dataset(mode: str, width: int, height: int, n: int = 10) -> Dataset:
     ("RGB", 640, 480, "none", "cnn", "--weights none"),
 ])
 def test_auto_choice_and_reason(mode, width, height, weights, chosen, words):
-    cfg = TrainConfig(weights=weights)
-    choice = arch_choice.choose(cfg, _dataset(mode, width, height))
+    cfg = arch_choice.choose(TrainConfig(weights=weights), _dataset(mode, width, height))
+    choice = cfg.arch_choice
     assert cfg.arch == chosen
     # (photos of 224 px or more also get "image_size" keys: tests/test_photo_defaults.py)
     assert {k: v for k, v in choice.items() if not k.startswith("image_size")} == {
@@ -43,35 +43,31 @@ def test_auto_choice_and_reason(mode, width, height, weights, chosen, words):
 
 
 def test_a_given_arch_is_kept_and_recorded_as_given():
-    cfg = TrainConfig(arch="cnn")
-    assert arch_choice.choose(cfg, _dataset("RGB", 640, 480)) == {"requested": "cnn", "chosen": "cnn",
+    cfg = arch_choice.choose(TrainConfig(arch="cnn"), _dataset("RGB", 640, 480))
+    assert cfg.arch_choice == {"requested": "cnn", "chosen": "cnn",
                                                                    "reason": "--arch given"}
     assert arch_choice.describe(cfg.arch_choice) is None
 
 
 def test_the_sample_images_quickstart_still_gets_the_cnn():
-    cfg = TrainConfig()
-    choice = arch_choice.choose(cfg, load_splits(SAMPLE_IMAGES, 0.1, 42).train)
+    choice = arch_choice.choose(TrainConfig(), load_splits(SAMPLE_IMAGES, 0.1, 42).train).arch_choice
     assert choice["chosen"] == "cnn" and "grayscale images (28 px typical)" in choice["reason"]
 
 
 def test_defaults_follow_how_the_network_starts_and_given_options_win():
-    scratch = TrainConfig()
-    scratch.resolve_defaults(pretrained=False)
+    scratch = resolve(TrainConfig(), pretrained=False)
     assert (scratch.epochs, scratch.lr, scratch.fine_tune_epochs, scratch.image_size) == (15, 1e-3, 0, None)
     assert scratch.augment_policy == "pixel" and scratch.augment.shift_px == 1  # whole-pixel shifts only
     assert scratch.augment.flip == "none" and scratch.augment.shift == scratch.augment.rotate == 0
 
-    pre = TrainConfig(epochs=2, augment_overrides={"flip": "none"})
-    pre.resolve_defaults(pretrained=True)
+    pre = resolve(TrainConfig(epochs=2, augment_overrides={"flip": "none"}), pretrained=True)
     assert pre.epochs == 2  # given
     assert pre.fine_tune_epochs == PRETRAINED_DEFAULTS["fine_tune_epochs"] > 0
     assert pre.image_size == PRETRAINED_DEFAULTS["image_size"]
     assert pre.augment_policy == PRETRAINED_DEFAULTS["augment_policy"] != SCRATCH_DEFAULTS["augment_policy"]
     assert pre.augment.active and pre.augment.flip == "none"  # --flip none over the policy
 
-    given = TrainConfig(augment_policy="none", augment=AugmentConfig())
-    given.resolve_defaults(pretrained=True)
+    given = resolve(TrainConfig(augment_policy="none", augment=AugmentConfig()), pretrained=True)
     assert not given.augment.active
 
 

@@ -12,8 +12,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "imgclf"
 #: a function longer than this needs a `# long: <reason>` comment in it
 MAX_LINES = 80
 LONG_REASON = re.compile(r"#\s*long:\s*\S")
-#: being split in other branches (issue 35: train._train by the "dist" work); drop once merged
-LONG_PENDING = {("train.py", "_train")}
 
 
 def _sources() -> Dict[str, Path]:
@@ -90,7 +88,7 @@ def long_functions():
 
 def test_no_long_function_without_a_reason():
     unexplained = [f"{f}:{name} ({n} lines)" for f, name, n, why in long_functions()
-                   if not why and (f, name) not in LONG_PENDING]
+                   if not why]
     assert not unexplained, (f"functions over {MAX_LINES} lines need a `# long: <reason>` comment, or to be "
                              f"split: {unexplained}")
 
@@ -103,14 +101,6 @@ def test_the_long_function_check_can_fail(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     assert [(f, name, why) for f, name, _, why in long_functions()] == [("a.py", "big", False),
                                                                         ("a.py", "explained", True)]
-
-
-#: functions still making a Keras class in their own style, in files other branches own (issue 35);
-#: converted to tf_quiet.keras_class when those merge. New ones must use keras_class.
-LAZY_PENDING = {("train.py", "_smoothed_loss_class"), ("train.py", "_make_epoch_logger"),
-                ("train.py", "_warm_plateau"), ("data/augment.py", "_random_affine_class"),
-                ("data/augment.py", "_random_pixel_shift_class"), ("data/augment.py", "_random_color_class"),
-                ("data/augment.py", "_random_conv_class")}
 
 
 def test_keras_classes_are_made_one_way():
@@ -126,4 +116,4 @@ def test_keras_classes_are_made_one_way():
             decorated = any(ast.unparse(d).endswith("keras_class") for d in node.decorator_list)
             if makes and not decorated:
                 other_style.add((str(path.relative_to(PACKAGE)), node.name))
-    assert other_style <= LAZY_PENDING, sorted(other_style - LAZY_PENDING)
+    assert not other_style, sorted(other_style)

@@ -31,11 +31,9 @@ def test_resolve_returns_a_new_config_and_changes_nothing(pretrained, n_train, e
         assert out.batch_size == batch_size
     if policy is None and out.augment_policy != "none":
         assert out.augment.rotate == 3.0                             # --rotate over the default policy
-    in_place = C.TrainConfig(**{k: v for k, v in before.items() if k != "augment"},
-                             augment=C.AugmentConfig(**before["augment"]))
-    in_place.resolve_defaults(pretrained, n_train)
-    in_place.resolve_schedule(pretrained, n_train, replicas)
-    assert in_place.to_dict() == out.to_dict()
+    in_two_steps = C.resolve(C.resolve(given, pretrained, n_train), pretrained, n_train, replicas)  # as train does
+    assert in_two_steps.to_dict() == out.to_dict()
+    assert not hasattr(C.TrainConfig, "resolve_defaults")           # no in-place resolving left
 
 
 def test_resolve_without_replicas_leaves_the_schedule_to_later():

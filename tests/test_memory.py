@@ -162,12 +162,10 @@ def test_default_memory_is_off_above_the_size_limit(tmp_path, colour_tree, backb
 def test_memory_defaults_by_how_the_network_starts():
     """On by default for a pretrained network up to MEMORY_MAX_IMAGES training images, never from scratch
     (the cnn's Fashion-MNIST figures are untouched), and a given value always wins."""
-    from imgclf.config import MEMORY_MAX_IMAGES, TrainConfig
+    from imgclf.config import MEMORY_MAX_IMAGES, TrainConfig, resolve
 
     def resolved(pretrained, n_train, **given):
-        cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained, n_train=n_train)
-        return cfg.memory
+        return resolve(TrainConfig(**given), pretrained, n_train=n_train).memory
 
     assert resolved(True, 1_716) == 0.5 and resolved(True, MEMORY_MAX_IMAGES) == 0.5
     assert resolved(True, MEMORY_MAX_IMAGES + 1) == 0.0 and resolved(True, 50_000, memory=0.5) == 0.5

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import cli, make_tree, write_small_backbone
 from imgclf import arch_choice
-from imgclf.config import PHOTO_IMAGE_SIZE, PRETRAINED_DEFAULTS, TrainConfig
+from imgclf.config import PRETRAINED_DEFAULTS, TrainConfig, resolve
 from imgclf.data.scan import Dataset, Sample
 
 
@@ -27,9 +27,10 @@ def _dataset(width: int, height: int, mode: str = "RGB", n: int = 10) -> Dataset
     ("cnn", None, 640, 480, None),
 ])
 def test_photo_size_by_the_data(arch, weights, width, height, size):
-    cfg = TrainConfig(arch=arch, weights=weights)
-    choice = arch_choice.choose(cfg, _dataset(width, height))
-    assert cfg.image_size == size
+    given = TrainConfig(arch=arch, weights=weights)
+    cfg = arch_choice.choose(given, _dataset(width, height))
+    choice = cfg.arch_choice
+    assert cfg.image_size == size and given.image_size is None and given.arch_choice is None  # a new object
     assert choice.get("image_size") == size
     if size:
         assert f"{min(width, height)} px typical" in choice["image_size_reason"]
@@ -37,15 +38,13 @@ def test_photo_size_by_the_data(arch, weights, width, height, size):
 
 
 def test_a_given_image_size_wins():
-    cfg = TrainConfig(image_size=160)
-    choice = arch_choice.choose(cfg, _dataset(640, 480))
+    cfg = arch_choice.choose(TrainConfig(image_size=160), _dataset(640, 480))
+    choice = cfg.arch_choice
     assert cfg.image_size == 160 and "image_size" not in choice
 
 
 def test_smaller_images_keep_the_pretrained_default():
-    cfg = TrainConfig()
-    arch_choice.choose(cfg, _dataset(64, 64, "RGBA"))
-    cfg.resolve_defaults(pretrained=True, n_train=10)
+    cfg = resolve(arch_choice.choose(TrainConfig(), _dataset(64, 64, "RGBA")), pretrained=True, n_train=10)
     assert cfg.image_size == PRETRAINED_DEFAULTS["image_size"] == 160
 
 

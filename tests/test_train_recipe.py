@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import cli, error_line
-from imgclf.config import PRETRAINED_DEFAULTS, SCRATCH_DEFAULTS, TrainConfig
+from imgclf.config import PRETRAINED_DEFAULTS, SCRATCH_DEFAULTS, TrainConfig, resolve
 
 
 def _train(tmp_path, data, *extra):
@@ -115,15 +115,12 @@ def test_bad_lr_schedule_is_refused_by_the_command_line(tmp_path, colour_data):
 
 
 def test_recipe_defaults_by_how_the_network_starts():
-    scratch = TrainConfig()
-    scratch.resolve_defaults(pretrained=False)
-    assert scratch.lr_schedule is None  # left to resolve_schedule, which knows the replica count
-    scratch.resolve_schedule(pretrained=False)
+    scratch = resolve(TrainConfig(), pretrained=False)
+    assert scratch.lr_schedule is None  # left until the replica count is known
+    scratch = resolve(scratch, pretrained=False, replicas=1)
     assert (scratch.lr_schedule, scratch.label_smoothing) == (SCRATCH_DEFAULTS["lr_schedule"],
                                                               SCRATCH_DEFAULTS["label_smoothing"])
-    pre = TrainConfig(lr_schedule="cosine")
-    pre.resolve_defaults(pretrained=True)
-    pre.resolve_schedule(pretrained=True)
+    pre = resolve(TrainConfig(lr_schedule="cosine"), pretrained=True, replicas=1)
     assert pre.lr_schedule == "cosine"  # given wins
     assert pre.label_smoothing == PRETRAINED_DEFAULTS["label_smoothing"]
     # a run recorded before these options existed still loads (and gets the defaults on resume)
@@ -136,9 +133,7 @@ def test_from_scratch_large_data_sets_get_fewer_epochs_by_default():
     from imgclf.config import SCRATCH_IMAGE_BUDGET
 
     def epochs(n, pretrained=False, **given):
-        cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
-        return cfg.epochs
+        return resolve(TrainConfig(**given), pretrained=pretrained, n_train=n).epochs
 
     assert epochs(480) == SCRATCH_DEFAULTS["epochs"] == 15    # the quickstart: all 15
     assert epochs(54_000) == 12 == -(-SCRATCH_IMAGE_BUDGET // 54_000)  # Fashion-MNIST less its val split
@@ -152,10 +147,8 @@ def test_short_runs_from_scratch_keep_the_plateau_schedule():
     from imgclf.config import COSINE_MIN_STEPS
 
     def schedule(n, pretrained=False, replicas=1, **given):
-        cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
-        cfg.resolve_schedule(pretrained=pretrained, n_train=n, replicas=replicas)
-        return cfg.lr_schedule
+        cfg = resolve(TrainConfig(**given), pretrained=pretrained, n_train=n)
+        return resolve(cfg, pretrained=pretrained, n_train=n, replicas=replicas).lr_schedule
 
     assert schedule(54_000) == SCRATCH_DEFAULTS["lr_schedule"] == "cosine"   # 12 epochs x 422 steps
     assert schedule(480) == "plateau"                                       # the quickstart: 15 x 8 steps
@@ -173,8 +166,7 @@ def test_long_runs_from_scratch_get_the_larger_batch_and_its_learning_rate():
     from imgclf.config import COSINE_MIN_STEPS, SCRATCH_LONG_RUN
 
     def batch_lr(n, pretrained=False, **given):
-        cfg = TrainConfig(**given)
-        cfg.resolve_defaults(pretrained=pretrained, n_train=n)
+        cfg = resolve(TrainConfig(**given), pretrained=pretrained, n_train=n)
         return cfg.batch_size, cfg.lr
 
     big, default = (SCRATCH_LONG_RUN["batch_size"], SCRATCH_LONG_RUN["lr"]), (64, SCRATCH_DEFAULTS["lr"])

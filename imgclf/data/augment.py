@@ -13,8 +13,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from imgclf.config import DEFAULT_SEED, SPLIT_MODES, AugmentConfig
+from imgclf.config import DEFAULT_SEED, SPLIT_MODE, SPLIT_MODES, AugmentConfig
 from imgclf.errors import DataError, ImageError, UsageError
+from imgclf.tf_quiet import keras_class
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int):
@@ -49,20 +50,14 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
     return keras.Sequential(ops, name="augmentation")
 
 
-_AFFINE = None
-
-
-def _random_affine_class():
+@keras_class
+def _random_affine_class(keras):
     """keras.layers.Layer: per image, rotate by U(-deg, +deg), shift by U(-f, +f) of each side and scale
     by U(1 - zoom, 1 + zoom) about the centre, in one bilinear resampling with reflected borders.
-    Defined on first use so that importing this module does not import Keras."""
-    global _AFFINE
-    if _AFFINE is not None:
-        return _AFFINE
+   """
     import math
 
-    import keras
-    from keras import ops
+    ops = keras.ops
 
     class RandomAffine(keras.layers.Layer):
         def __init__(self, rotate_deg=0.0, shift=0.0, zoom=0.0, seed=None, **kwargs):
@@ -105,22 +100,15 @@ def _random_affine_class():
             return {**super().get_config(), "rotate_deg": self.rotate * 180.0 / math.pi, "shift": self.shift,
                     "zoom": self.zoom, "seed": self.seed}
 
-    _AFFINE = RandomAffine
-    return _AFFINE
+    return RandomAffine
 
 
-_PIXEL_SHIFT = None
-
-
-def _random_pixel_shift_class():
+@keras_class
+def _random_pixel_shift_class(keras):
     """keras.layers.Layer: per image, move by a whole number of pixels drawn from -k..k in x and in y,
     filling what comes in with 0 (the classic pad-and-random-crop). No resampling, so no blur: every
-    pixel keeps its value. Defined on first use so that importing this module does not import Keras."""
-    global _PIXEL_SHIFT
-    if _PIXEL_SHIFT is not None:
-        return _PIXEL_SHIFT
-    import keras
-    from keras import ops
+    pixel keeps its value."""
+    ops = keras.ops
 
     class RandomPixelShift(keras.layers.Layer):
         def __init__(self, max_px=1, seed=None, **kwargs):
@@ -149,27 +137,20 @@ def _random_pixel_shift_class():
         def get_config(self):
             return {**super().get_config(), "max_px": self.max_px, "seed": self.seed}
 
-    _PIXEL_SHIFT = RandomPixelShift
-    return _PIXEL_SHIFT
+    return RandomPixelShift
 
 
-_COLOR = None
-
-
-def _random_color_class():
+@keras_class
+def _random_color_class(keras):
     """keras.layers.Layer: per image, rotate the hue by U(-hue, +hue) of a full turn, scale the saturation
     by U(1 - saturation, 1 + saturation), and with probability `grayscale` drop the colour altogether
     (kept as 3 equal channels). All three are one 3x3 colour matrix per image, in YIQ space: luma Y (the
     same weights as Pillow's convert("L")) is kept, the chroma plane (I, Q) is rotated (hue) and scaled
     (saturation; 0 = gray). Images with other than 3 channels pass unchanged. Defined on first use so that
     importing this module does not import Keras."""
-    global _COLOR
-    if _COLOR is not None:
-        return _COLOR
     import math
 
-    import keras
-    from keras import ops
+    ops = keras.ops
 
     rgb_to_yiq = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
                            [0.211456, -0.522591, 0.311135]], dtype="float32")
@@ -212,14 +193,11 @@ def _random_color_class():
             return {**super().get_config(), "hue": self.hue, "saturation": self.saturation,
                     "grayscale": self.grayscale, "seed": self.seed}
 
-    _COLOR = RandomColor
-    return _COLOR
+    return RandomColor
 
 
-_RANDCONV = None
-
-
-def _random_conv_class():
+@keras_class
+def _random_conv_class(keras):
     """keras.layers.Layer: RandConv (Xu et al., "Robust and Generalizable Visual Representation Learning via
     Random Convolutions", ICLR 2021), the mixing variant. Once per batch a random convolution is drawn: a
     k x k kernel, k one of 1, 3, 5, 7, weights from N(0, 1 / (k * k * channels)), channels in = out. Each
@@ -228,11 +206,7 @@ def _random_conv_class():
     convolution changes local texture, shading and colours and keeps shapes: a drawing-style or texture
     shift between training images and the ones a model will see. Defined on first use so that importing this
     module does not import Keras."""
-    global _RANDCONV
-    if _RANDCONV is not None:
-        return _RANDCONV
-    import keras
-    from keras import ops
+    ops = keras.ops
 
     max_k = 7
 
@@ -269,8 +243,7 @@ def _random_conv_class():
         def get_config(self):
             return {**super().get_config(), "p": self.p, "seed": self.seed}
 
-    _RANDCONV = RandomConv
-    return _RANDCONV
+    return RandomConv
 
 
 def _output_name(src_file: Path, k: int) -> str:
@@ -278,7 +251,7 @@ def _output_name(src_file: Path, k: int) -> str:
 
 
 def augment_folder(src, dest, cfg: AugmentConfig, per_image: Optional[int] = None,
-                   target_per_class: Optional[int] = None, seed: int = DEFAULT_SEED, mode: str = "copy",
+                   target_per_class: Optional[int] = None, seed: int = DEFAULT_SEED, mode: str = SPLIT_MODE,
                    force: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> Dict:
     """Write augmented copies of a class-folder tree (or of train/ of a split root) to DEST.
 
