@@ -4,10 +4,14 @@
 own (`taskset -c 0` and `-c 1`), with the same global batch and epochs, interleaved (A B A B ...).
 
     python bench/distributed.py [--per-class N] [--epochs E] [--global-batch B] [--rounds R] [--arch cnn]
+    python bench/distributed.py --arch mobilenet_v2 --image-size 160 --weights BACKBONE.weights.h5 \
+        [--fine-tune-epochs F] [--per-replica-batch B2]
 
-Throughput is training images per second over the steady epochs (epoch 2 on: the first traces the
-graph), from the `seconds` column of the run's history.csv (decoding and start-up excluded); the whole
-command's wall time is reported too. Scaling efficiency = two-worker images/s / (2 x one-worker images/s).
+Throughput is training images per second over the steady epochs (each phase's epoch 2 on: the first
+traces the graph), from the `seconds` column of the run's history.csv (decoding and start-up excluded);
+the whole command's wall time is reported too. Scaling efficiency = two-worker images/s / (2 x one-worker
+images/s). --per-replica-batch B2 gives the two workers B2 each instead of half the global batch (a
+larger global batch: fewer steps and all-reduces an epoch, the learning rate scaled as imgclf does).
 Prints per-run lines, medians and ratios, then one JSON line. Needs Linux (taskset) and 2+ cores.
 """
 from __future__ import annotations
@@ -45,7 +49,8 @@ def steady_throughput(registry: Path) -> dict:
     meta = json.loads((hist.parent / "metadata.json").read_text())
     images = meta["dataset"]["train"]["images"]
     secs = [float(r["seconds"]) for r in rows]
-    steady = secs[1:] or secs
+    # the first epoch of each phase traces its graph (and a fine-tune phase compiles anew)
+    steady = [float(r["seconds"]) for i, r in enumerate(rows) if i and r["phase"] == rows[i - 1]["phase"]] or secs
     return {"epoch_seconds": secs, "train_images": images, "images_per_s": images * len(steady) / sum(steady),
             "test_accuracy": meta["metrics"].get("test_accuracy"), "distribute": meta.get("distribute")}
 
@@ -54,7 +59,7 @@ def train_cmd(data: Path, registry: Path, args, batch: int, distribute: str, cor
     return ["taskset", "-c", str(core)] + C.imgclf_cmd(
         "train", str(data), "--registry", str(registry), "--arch", args.arch, "--epochs", str(args.epochs),
         "--batch-size", str(batch), "--patience", "0", "--distribute", distribute, "--cluster-timeout", "120",
-        "-q", "--format", "json")
+        "-q", "--format", "json", *args.extra)
 
 
 def run_single(data: Path, work: Path, args) -> dict:
@@ -74,7 +79,8 @@ def run_pair(data: Path, work: Path, args) -> dict:
     try:
         for i in (0, 1):
             env = C.child_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-            procs.append(subprocess.Popen(train_cmd(data, reg, args, args.global_batch // 2, "multi-worker", i),
+            per_replica = args.per_replica_batch or args.global_batch // 2
+            procs.append(subprocess.Popen(train_cmd(data, reg, args, per_replica, "multi-worker", i),
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=3600) for p in procs]
         wall = time.perf_counter() - t0
@@ -96,12 +102,21 @@ def main() -> None:
     ap.add_argument("--global-batch", type=int, default=64, help="images per step, all replicas together")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--arch", default="cnn")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--weights", default=None, help="a backbone .weights.h5 (mobilenet_v2 pretrained)")
+    ap.add_argument("--fine-tune-epochs", type=int, default=None)
+    ap.add_argument("--per-replica-batch", type=int, default=None, help="default: half the global batch")
     ap.add_argument("--source", default=C.DEFAULT_SOURCE)
     ap.add_argument("--workdir", default=C.DEFAULT_WORKDIR)
     ap.add_argument("--quick", action="store_true", help="60 per class, 2 epochs, 1 round (a smoke test)")
     args = ap.parse_args()
     if args.quick:
         args.per_class, args.epochs, args.rounds = 60, 2, 1
+    args.extra = []
+    for flag, value in (("--image-size", args.image_size), ("--weights", args.weights),
+                        ("--fine-tune-epochs", args.fine_tune_epochs)):
+        if value is not None:
+            args.extra += [flag, str(value)]
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
         sys.exit("needs 2+ cores and taskset (util-linux)")
     work = Path(args.workdir)
@@ -126,7 +141,10 @@ def main() -> None:
     lines = [f"median images/s: one worker on 1 core {one:.1f}; two workers on 1 core each {two:.1f}",
              f"speed-up {C.ratio(two, one):.2f}x; scaling efficiency {C.ratio(two, 2 * one):.2f} "
              f"(per round {', '.join(f'{x:.2f}' for x in per_round)})"]
-    C.emit("distributed", lines, {"arch": args.arch, "epochs": args.epochs, "global_batch": args.global_batch,
+    lines.insert(0, f"{args.arch} {' '.join(args.extra)}: one worker batch {args.global_batch}, two workers "
+                    f"{args.per_replica_batch or args.global_batch // 2} per replica")
+    C.emit("distributed", lines, {"arch": args.arch, "extra": args.extra, "epochs": args.epochs,
+                                  "global_batch": args.global_batch, "per_replica_batch": args.per_replica_batch,
                                   "train_images": runs["one_worker"][0]["train_images"], "one_worker_images_per_s": one,
                                   "two_workers_images_per_s": two, "speedup": C.ratio(two, one),
                                   "scaling_efficiency": C.ratio(two, 2 * one), "per_round_efficiency": per_round,
