@@ -110,7 +110,14 @@ def child(args) -> None:
         return
     clock = _StepClock(keras)
     global_batch = dist.global_batch(batch)
-    ds = dist.dataset(lambda shard: make_dataset(pixels, labels, global_batch, shuffle=True, seed=1, shard=shard))
+    augment = None
+    if args.augment != "none":  # as training builds it (imgclf.train._fit_and_evaluate)
+        from imgclf.config import AugmentConfig
+        from imgclf.data.augment import build_augmenter
+
+        augment = build_augmenter(AugmentConfig.from_options(args.augment), 1)
+    ds = dist.dataset(lambda shard: make_dataset(pixels, labels, global_batch, shuffle=True, seed=1,
+                                                 augment=augment, shard=shard))
     bn = dist.synchronized_batchnorm(model) if mode == "strategy" else _nothing()
     with dist.fitting(model), bn:
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
@@ -150,7 +157,7 @@ def _allreduce_ms(dist, model, steps: int) -> float:
 def _child_cmd(args, mode: str, core: int):
     cmd = ["taskset", "-c", str(core), sys.executable, __file__, "--child", mode, "--arch", args.arch,
            "--image-size", str(args.image_size), "--global-batch", str(args.global_batch), "--steps", str(args.steps),
-           "--phase", args.phase, "--steps-per-execution", str(args.steps_per_execution)]
+           "--phase", args.phase, "--steps-per-execution", str(args.steps_per_execution), "--augment", args.augment]
     return cmd + (["--weights", args.weights] if args.weights else [])
 
 
@@ -194,6 +201,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="a backbone .weights.h5 (mobilenet_v2 starts pretrained)")
     ap.add_argument("--phase", default="head", choices=("head", "fine-tune"))
     ap.add_argument("--steps-per-execution", type=int, default=1, help="Keras' steps_per_execution (all runs)")
+    ap.add_argument("--augment", default="none", help="an --augment policy in the input pipeline, as train has it")
     ap.add_argument("--quick", action="store_true", help="12 steps, 1 round (a smoke test)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,7 +229,8 @@ def main() -> None:
             print(lines[-1], flush=True)
     ms = {k: C.median([r["step_ms"] for r in v]) for k, v in runs.items()}
     rest = ms["strategy"] - ms["bare B/2"]
-    lines = [f"{args.arch} at {args.image_size} px, global batch {args.global_batch}, {args.phase} phase; "
+    lines = [f"{args.arch} at {args.image_size} px, global batch {args.global_batch}, {args.phase} phase, augment "
+             f"{args.augment}; "
              f"median ms a step: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()),
              f"strategy step = B/2 compute {ms['bare B/2']:.1f} + the rest {rest:.1f} ms: the strategy's machinery "
              f"alone {ms['strategy, 1 worker'] - ms['bare B/2']:+.1f}, all-reduce of the gradient alone "
