@@ -292,7 +292,9 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                    f"{C.SCRATCH_DEFAULTS['batch_size']}; from scratch "
                                                    f"{C.SCRATCH_LONG_RUN['batch_size']}, with lr "
                                                    f"{C.SCRATCH_LONG_RUN['lr']:g}, in runs of "
-                                                   f"{C.COSINE_MIN_STEPS:,} steps or more at that batch)."),
+                                                   f"{C.COSINE_MIN_STEPS:,} steps or more at that batch; "
+                                                   f"pretrained on under {C.PRETRAINED_SMALL_SET['images']:,} "
+                                                   f"images {C.PRETRAINED_SMALL_SET['batch_size']})."),
           image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
                                                                          "data for cnn/mlp, "
                                                                          f"{C.PRETRAINED_DEFAULTS['image_size']} "

@@ -184,6 +184,23 @@ def test_long_runs_from_scratch_get_the_larger_batch_and_its_learning_rate():
     assert batch_lr(None) == default
 
 
+def test_small_sets_on_a_pretrained_network_get_the_smaller_batch():
+    """Under PRETRAINED_SMALL_SET images a pretrained run takes batches of 16: four times the head's steps
+    (240 photos: 90 instead of 24); from 1,000 images, and from scratch, nothing changes; --batch-size wins."""
+    from imgclf.config import PRETRAINED_SMALL_SET, resolve
+
+    def batch(n, pretrained=True, **given):
+        return resolve(TrainConfig(**given), pretrained=pretrained, n_train=n).batch_size
+
+    assert PRETRAINED_SMALL_SET == {"images": 1_000, "batch_size": 16}
+    assert batch(240) == batch(999) == 16
+    assert batch(1_000) == batch(1_716) == PRETRAINED_DEFAULTS["batch_size"] == 64
+    assert batch(240, pretrained=False) == SCRATCH_DEFAULTS["batch_size"]
+    assert batch(240, batch_size=32) == 32
+    assert batch(None) == 64                                   # size unknown: the usual default
+    assert resolve(resolve(TrainConfig(), True, 240), True, 240, replicas=1).batch_size == 16   # resolved twice
+
+
 def test_small_image_cnn_has_two_convolutions_at_half_resolution():
     import keras
 
