@@ -73,7 +73,8 @@ def test_cli_defaults_are_train_configs():
                                     f"batch (see --batch-size); {P['lr']:g} pretrained"),
                            ("--batch-size", f"(default: {S['batch_size']}; from scratch {L['batch_size']}, with lr "
                                             f"{L['lr']:g}, in runs of {C.COSINE_MIN_STEPS:,} steps or more at that "
-                                            "batch)"),
+                                            f"batch; pretrained on under {C.PRETRAINED_SMALL_SET['images']:,} images "
+                                            f"{C.PRETRAINED_SMALL_SET['batch_size']})"),
                            ("--fine-tune-epochs", f"default {P['fine_tune_epochs']}"),
                            ("--memory", f"(default: {P['memory']:g} pretrained, up to {C.MEMORY_MAX_IMAGES:,} "
                                         f"training images; {S['memory']:g} from scratch)"),
