@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -60,6 +61,29 @@ RECIPES = {
                                    calibration_method="Percentile"),
     "stem-block6-percentile": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:6],
                                    calibration_method="Percentile"),
+    # the input scaling (x / 127.5 - 1) float too: uint8 cannot hold its 256 half-step values exactly
+    "scale": dict(keep_float=BASE + ("features",), float_layers=("scale",)),
+    "scale-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Percentile"),
+    "scale-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Entropy"),
+    "scale-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=1),
+    "scale-bc2": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=2),
+    "scale-stem": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    "scale-stem-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=1),
+    "scale-stem-block2": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2]),
+    "scale-stem-block2-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2],
+                                  bias_correction=1),
+    "scale-stem-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
+                                  calibration_method="Percentile"),
+    "scale-stem-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
+                               calibration_method="Entropy"),
+    "scale-stem-aug": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    "scale-stem-1000": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    # the blocks the sensitivity sweep ranks worst after the stem (bench/int8_pretrained.py sensitivity)
+    "scale-stem-b1-2-13-15": dict(keep_float=BASE + ("features",),
+                                  float_layers=("scale",) + STEM + ("block_1", "block_2", "block_13", "block_15")),
+    "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
+    "scale-stem-block6-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6],
+                                  bias_correction=1),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
 }
@@ -80,15 +104,29 @@ def _augment(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
+def _val_images(ref, splits, extra=None):
+    """The model's val split, plus the images of `extra` (class folders named as the model's classes, none of
+    them seen in training: more images for a finer agreement figure; never the test split)."""
+    from imgclf import quantize as Q
+
+    paths, labels = list(splits.val.paths), list(splits.val.labels)
+    if extra:
+        index = {c: i for i, c in enumerate(ref.metadata["class_names"])}
+        found = sorted(Q._image_files(Path(extra))[1])
+        paths += found
+        labels += [index[Path(f).parent.name] for f in found]
+    return Q._decode(paths, labels, ref.spec, splits.val.root + (f" + {extra}" if extra else ""))
+
+
 def choose(args) -> None:
     from imgclf import quantize as Q
     from imgclf import registry
 
     lines, record = [], {"models": {}}
-    for model_dir in map(Path, args.models):
+    for k, model_dir in enumerate(map(Path, args.models)):
         ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
         splits = Q._model_splits(ref, "--check DIR")
-        val = Q._decode(splits.val.paths, splits.val.labels, ref.spec, splits.val.root)
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
         calib = {n: Q.calibration_images(ref, ref.spec, count=n, splits=splits).pixels for n in (300, 1000)}
         calib["aug"] = _augment(calib[300])
         names = args.recipes or list(RECIPES)
@@ -126,6 +164,74 @@ def choose(args) -> None:
     C.emit("int8_pretrained_choose", lines, record)
 
 
+#: the units of the sensitivity sweep: the stem, each inverted-residual block, the last 1x1 convolution
+UNITS = {"stem": STEM, **{b: (b,) for b in BLOCKS}, "Conv_1": ("Conv_1", "out_relu")}
+
+
+def _score(float_probs: np.ndarray, int8_path: Path, val) -> dict:
+    """Agreement of `int8_path` with the float probabilities on `val`, and the mean total-variation distance
+    of the two probability vectors (a finer figure than the agreement on a hundred-odd images)."""
+    from imgclf import quantize as Q
+
+    p8 = Q._probabilities(int8_path, val.pixels)
+    l32, l8 = float_probs.argmax(1), p8.argmax(1)
+    return {"top1_agreement": float(np.mean(l32 == l8)), "changed_labels": int(np.sum(l32 != l8)),
+            "int8_accuracy": float(np.mean(l8 == val.labels)), "fp32_accuracy": float(np.mean(l32 == val.labels)),
+            "mean_tv": float(0.5 * np.abs(float_probs - p8).sum(1).mean())}
+
+
+def _try(ref, work: Path, calib: np.ndarray, val, float_probs, name: str, int8_units: Sequence[str],
+         method: str = "MinMax", bias_correction: int = 0, extra_float: Sequence[str] = ("scale",)) -> dict:
+    """Quantize `ref` with only `int8_units` int8 (the rest of the backbone, the input scaling, the features and
+    the head float)."""
+    from imgclf import quantize as Q
+
+    float_layers = tuple(x for u, names in UNITS.items() if u not in int8_units for x in names) + tuple(extra_float)
+    recipe = Q.Recipe(keep_float=BASE + ("features",), float_layers=float_layers, calibration_method=method,
+                      bias_correction=bias_correction)
+    out = work / f"{name}.onnx"
+    Q.quantize_file(ref.onnx_path, out, calib, recipe, calibration_cache=work / f"{method}.ranges")
+    return _score(float_probs, out, val)
+
+
+def sensitivity(args) -> None:
+    """One unit int8 at a time (the damage each does alone), then units made int8 greedily, the least
+    damaging first, with the agreement after each (all on the val split)."""
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    lines, record = [], {"models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        splits = Q._model_splits(ref, "--check DIR")
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
+        calib = Q.calibration_images(ref, ref.spec, splits=splits).pixels
+        probs = Q._probabilities(ref.onnx_path, val.pixels)
+        work = Path(tempfile.mkdtemp(prefix="int8-sens-"))
+        one, greedy = {}, []
+        try:
+            for unit in UNITS:
+                one[unit] = _try(ref, work, calib, val, probs, unit, [unit], args.method,
+                                 args.bias_correction)
+                lines.append(f"{model_dir} only {unit:9s} int8: agreement {100 * one[unit]['top1_agreement']:.2f}% "
+                             f"({one[unit]['changed_labels']} changed), mean TV {one[unit]['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+            order = sorted(UNITS, key=lambda u: one[u]["mean_tv"])
+            for k in range(1, len(order) + 1):
+                fig = _try(ref, work, calib, val, probs, f"greedy{k}", order[:k], args.method,
+                           args.bias_correction)
+                greedy.append(dict(fig, int8_units=order[:k]))
+                lines.append(f"{model_dir} greedy {k:2d} int8 (+{order[k - 1]}): agreement "
+                             f"{100 * fig['top1_agreement']:.2f}% ({fig['changed_labels']} changed), accuracy "
+                             f"{100 * fig['fp32_accuracy']:.2f} -> {100 * fig['int8_accuracy']:.2f}%, mean TV "
+                             f"{fig['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = {"one_unit": one, "greedy": greedy}
+    C.emit("int8_pretrained_sensitivity", lines, record)
+
+
 def report(args) -> None:
     lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "models": {}}
     for model_dir in map(Path, args.models):
@@ -158,14 +264,19 @@ def report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["choose", "report"])
+    ap.add_argument("mode", choices=["choose", "sensitivity", "report"])
     ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
+    ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
+                    help="sensitivity: the calibration method")
+    ap.add_argument("--bias-correction", type=int, default=0, help="sensitivity: rounds of bias correction")
+    ap.add_argument("--extra", nargs="+", default=None,
+                    help="choose, sensitivity: one folder per model of unseen images scored with its val split")
     ap.add_argument("--rounds", type=int, default=3, help="report: A B rounds at batch 1")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    (choose if args.mode == "choose" else report)(args)
+    {"choose": choose, "sensitivity": sensitivity, "report": report}[args.mode](args)
 
 
 if __name__ == "__main__":
