@@ -65,13 +65,10 @@ RECIPES = {
     "scale": dict(keep_float=BASE + ("features",), float_layers=("scale",)),
     "scale-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Percentile"),
     "scale-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Entropy"),
-    "scale-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=1),
-    "scale-bc2": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=2),
     "scale-stem": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
-    "scale-stem-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=1),
     "scale-stem-block2": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2]),
-    "scale-stem-block2-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2],
-                                  bias_correction=1),
+    "scale-stem-adds": dict(keep_float=BASE + ("features", "adds"), float_layers=("scale",) + STEM),
+    "scale-stem-depthwise": dict(keep_float=BASE + ("features", "depthwise"), float_layers=("scale",) + STEM),
     "scale-stem-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
                                   calibration_method="Percentile"),
     "scale-stem-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
@@ -82,8 +79,6 @@ RECIPES = {
     "scale-stem-b1-2-13-15": dict(keep_float=BASE + ("features",),
                                   float_layers=("scale",) + STEM + ("block_1", "block_2", "block_13", "block_15")),
     "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
-    "scale-stem-block6-bc1": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6],
-                                  bias_correction=1),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
 }
@@ -118,6 +113,32 @@ def _val_images(ref, splits, extra=None):
     return Q._decode(paths, labels, ref.spec, splits.val.root + (f" + {extra}" if extra else ""))
 
 
+#: the two halves of the default's output (memory.py): the head's probabilities and the memory's vote
+PARTS = {"head": "probabilities_1/Softmax:0", "memory": "memory_1/truediv_2:0"}
+
+
+def _part_agreement(float_path: Path, int8_path: Path, pixels: np.ndarray) -> dict:
+    """Top-1 agreement of the head alone and of the memory's vote alone (each half of the blend), float file
+    against int8 file: where the disagreement comes from."""
+    import onnx
+    import onnxruntime as ort
+
+    labels = []
+    for path in (float_path, int8_path):
+        model = onnx.load(str(path))
+        names = {t: next((o for n in model.graph.node for o in n.output if o.endswith(t)), None)
+                 for t in PARTS.values()}
+        if None in names.values():
+            return {}
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                  for n in names.values())
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = [sess.run(list(names.values()), {sess.get_inputs()[0].name: pixels[i:i + 64].astype(np.float32)})
+                for i in range(0, len(pixels), 64)]
+        labels.append([np.concatenate([o[k] for o in outs]).argmax(1) for k in range(len(PARTS))])
+    return {f"{part}_agreement": float(np.mean(a == b)) for part, a, b in zip(PARTS, *labels)}
+
+
 def choose(args) -> None:
     from imgclf import quantize as Q
     from imgclf import registry
@@ -148,7 +169,8 @@ def choose(args) -> None:
                     continue
                 figures, _ = Q.agreement(ref.onnx_path, out, val, ref.metadata["class_names"])
                 fp, q8 = _speed(ref.onnx_path, 1, args.seconds), _speed(out, 1, args.seconds)
-                entry[name] = dict(figures, float_nodes=info["float_nodes"], calibration_images=len(pixels),
+                parts = _part_agreement(ref.onnx_path, out, val.pixels)
+                entry[name] = dict(figures, **parts, float_nodes=info["float_nodes"], calibration_images=len(pixels),
                                    bytes=out.stat().st_size, cpu_saving_b1=fp["cpu_ms_per_image"] / q8["cpu_ms_per_image"],
                                    speedup_b1=q8["images_per_s"] / fp["images_per_s"])
                 lines.append(f"{model_dir} {name:22s} val {figures['images']}: agreement "
@@ -156,7 +178,8 @@ def choose(args) -> None:
                              f"{100 * figures['fp32_accuracy']:.2f}% int8 {100 * figures['int8_accuracy']:.2f}%, "
                              f"max|dp| {figures['max_abs_diff']:.3f}; {info['float_nodes']} nodes float; batch 1 "
                              f"fp32/int8 CPU {entry[name]['cpu_saving_b1']:.2f}x, images/s "
-                             f"{entry[name]['speedup_b1']:.2f}x")
+                             f"{entry[name]['speedup_b1']:.2f}x" + "".join(
+                                 f"; {k.split('_')[0]} alone {100 * v:.2f}%" for k, v in parts.items()))
                 print(lines[-1], file=sys.stderr, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -181,14 +204,13 @@ def _score(float_probs: np.ndarray, int8_path: Path, val) -> dict:
 
 
 def _try(ref, work: Path, calib: np.ndarray, val, float_probs, name: str, int8_units: Sequence[str],
-         method: str = "MinMax", bias_correction: int = 0, extra_float: Sequence[str] = ("scale",)) -> dict:
+         method: str = "MinMax", extra_float: Sequence[str] = ("scale",)) -> dict:
     """Quantize `ref` with only `int8_units` int8 (the rest of the backbone, the input scaling, the features and
     the head float)."""
     from imgclf import quantize as Q
 
     float_layers = tuple(x for u, names in UNITS.items() if u not in int8_units for x in names) + tuple(extra_float)
-    recipe = Q.Recipe(keep_float=BASE + ("features",), float_layers=float_layers, calibration_method=method,
-                      bias_correction=bias_correction)
+    recipe = Q.Recipe(keep_float=BASE + ("features",), float_layers=float_layers, calibration_method=method)
     out = work / f"{name}.onnx"
     Q.quantize_file(ref.onnx_path, out, calib, recipe, calibration_cache=work / f"{method}.ranges")
     return _score(float_probs, out, val)
@@ -211,15 +233,13 @@ def sensitivity(args) -> None:
         one, greedy = {}, []
         try:
             for unit in UNITS:
-                one[unit] = _try(ref, work, calib, val, probs, unit, [unit], args.method,
-                                 args.bias_correction)
+                one[unit] = _try(ref, work, calib, val, probs, unit, [unit], args.method)
                 lines.append(f"{model_dir} only {unit:9s} int8: agreement {100 * one[unit]['top1_agreement']:.2f}% "
                              f"({one[unit]['changed_labels']} changed), mean TV {one[unit]['mean_tv']:.4f}")
                 print(lines[-1], file=sys.stderr, flush=True)
             order = sorted(UNITS, key=lambda u: one[u]["mean_tv"])
             for k in range(1, len(order) + 1):
-                fig = _try(ref, work, calib, val, probs, f"greedy{k}", order[:k], args.method,
-                           args.bias_correction)
+                fig = _try(ref, work, calib, val, probs, f"greedy{k}", order[:k], args.method)
                 greedy.append(dict(fig, int8_units=order[:k]))
                 lines.append(f"{model_dir} greedy {k:2d} int8 (+{order[k - 1]}): agreement "
                              f"{100 * fig['top1_agreement']:.2f}% ({fig['changed_labels']} changed), accuracy "
@@ -254,8 +274,8 @@ def report(args) -> None:
                      f"agreement {100 * check['top1_agreement']:.2f}% ({check['changed_labels']} changed), accuracy "
                      f"fp32 {100 * check['fp32_accuracy']:.2f}% -> int8 {100 * check['int8_accuracy']:.2f}% (drop "
                      f"{check['accuracy_drop_points']:.2f} points), max |dp| {check['max_abs_diff']:.3f}; file "
-                     f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; keep_float "
-                     f"{','.join(int8['keep_float'])}, {int8['calibration_method']}")
+                     f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; float: "
+                     f"{','.join(int8['keep_float'] + int8['float_layers'])}; {int8['calibration_method']}")
         lines.append(f"  batch 1: int8/fp32 images/s per round {', '.join(f'{x:.2f}' for x in wall)} (median "
                      f"{C.median(wall):.2f}); fp32/int8 CPU per image {', '.join(f'{x:.2f}' for x in cpu)} "
                      f"(median {C.median(cpu):.2f})")
@@ -269,7 +289,6 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
     ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
                     help="sensitivity: the calibration method")
-    ap.add_argument("--bias-correction", type=int, default=0, help="sensitivity: rounds of bias correction")
     ap.add_argument("--extra", nargs="+", default=None,
                     help="choose, sensitivity: one folder per model of unseen images scored with its val split")
     ap.add_argument("--rounds", type=int, default=3, help="report: A B rounds at batch 1")

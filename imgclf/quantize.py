@@ -203,9 +203,6 @@ class Recipe:
     float_tail_convs: the last this many convolutions, and everything after them, stay float too.
     float_layers: the nodes of these Keras layers stay float, a name standing for itself and the layers it
       begins, "block_16" for "block_16_expand", "block_16_project", ... (not "block_1" for "block_16").
-    bias_correction: rounds of empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through
-      Weight Equalization and Bias Correction", section 4.2): every convolution's bias absorbs the mean shift,
-      per output channel, of its output between the float and the int8 graph on the calibration images.
     """
 
     per_channel: bool = True
@@ -214,13 +211,12 @@ class Recipe:
     symmetric_activations: bool = False
     float_tail_convs: int = 0
     float_layers: Tuple[str, ...] = ()
-    bias_correction: int = 0
 
     def describe(self) -> dict:
         return {"method": "static", "format": "QDQ", "weights": "int8", "activations": "uint8",
                 "per_channel": self.per_channel, "calibration_method": self.calibration_method,
                 "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
-                "float_layers": list(self.float_layers), "bias_correction": self.bias_correction}
+                "float_layers": list(self.float_layers)}
 
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
@@ -365,8 +361,6 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
         graph = onnx.load(str(prepared)).graph
         keep = float_nodes(graph, recipe)
         _quantize_static(prepared, raw, pixels, source.graph.input[0].name, recipe, keep, calibration_cache)
-        if recipe.bias_correction:
-            _correct_biases(prepared, raw, pixels, recipe.bias_correction, work)
         model = onnx.load(str(raw))
         stored = _int8_memory_features(model)
         info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep),
@@ -378,93 +372,6 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
-
-
-BIAS_CORRECTION_IMAGES = 64
-BIAS_CORRECTION_GROUP = 4
-
-
-def _conv_means(path: Path, outputs: Sequence[str], pixels: np.ndarray, batch: int = 8) -> List[np.ndarray]:
-    """The mean per channel (over images and positions) of each of the tensors `outputs` (NCHW convolution
-    outputs) of the graph at `path`, run on `pixels`."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(path))
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                              for name in outputs if name not in have)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    sums = [0.0] * len(outputs)
-    for i in range(0, len(pixels), batch):
-        values = sess.run(list(outputs), {name: pixels[i:i + batch].astype(np.float32)})
-        sums = [s + v.astype(np.float64).sum(axis=(0, 2, 3)) / (v.shape[2] * v.shape[3]) for s, v in zip(sums, values)]
-    return [s / len(pixels) for s in sums]
-
-
-def _int8_conv_outputs(graph) -> Tuple[dict, dict]:
-    """({Conv node name: its output}, {a quantized output: the DequantizeLinear output that gives it back})."""
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    renamed = {n.name: n.output[0] for n in graph.node if n.op_type == "Conv"}
-    dequantized = {}
-    for out in renamed.values():
-        q = [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]
-        dq = [c for c in consumers.get(q[0].output[0], []) if c.op_type == "DequantizeLinear"] if q else []
-        if dq:
-            dequantized[out] = dq[0].output[0]
-    return renamed, dequantized
-
-
-def _int8_biases(graph) -> dict:
-    """{Conv node name: (its int32 bias initializer, the bias's scales)} of the int8 convolutions."""
-    from onnx import numpy_helper
-
-    initializers = {i.name: i for i in graph.initializer}
-    dequantize = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
-    out = {}
-    for node in graph.node:
-        dq = dequantize.get(node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
-        if dq is not None and dq.input[0] in initializers and dq.input[1] in initializers:
-            out[node.name] = (initializers[dq.input[0]], numpy_helper.to_array(initializers[dq.input[1]]))
-    return out
-
-
-def _correct_biases(prepared: Path, raw: Path, pixels: np.ndarray, rounds: int, work: Path) -> None:
-    """Empirical bias correction of the int8 graph `raw`, in place: the int8 convolutions, a group of
-    BIAS_CORRECTION_GROUP at a time in graph order, each group measured after the groups before it were
-    corrected, add to their int32 bias the mean shift of their output per channel (float graph `prepared`
-    minus int8 graph, on up to BIAS_CORRECTION_IMAGES calibration images), `rounds` times over."""
-    import onnx
-    from onnx import numpy_helper
-
-    images = pixels[:BIAS_CORRECTION_IMAGES]
-    model = onnx.load(str(raw))
-    # (the quantizer folds a Relu/Clip into the convolution before it, the activation's output now the
-    # convolution's, and the clipping done by the QuantizeLinear after it: compared is what the int8 graph's
-    # DequantizeLinear gives back with the same tensor of the float graph)
-    renamed, dequantized = _int8_conv_outputs(model.graph)
-    biases = _int8_biases(model.graph)
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in biases]
-    reference = dict(zip(convs, _conv_means(prepared, [renamed[c] for c in convs], images)))
-    step = work / "bias-corrected.onnx"
-    for _ in range(rounds):
-        for k in range(0, len(convs), BIAS_CORRECTION_GROUP):
-            group = convs[k:k + BIAS_CORRECTION_GROUP]
-            onnx.save(model, str(step))
-            means = _conv_means(step, [dequantized.get(renamed[c], renamed[c]) for c in group], images)
-            for conv, mean in zip(group, means):
-                initializer, scale = biases[conv]
-                bias = numpy_helper.to_array(initializer).astype(np.int64)
-                bias += np.round((reference[conv] - mean) / scale).astype(np.int64)
-                initializer.CopyFrom(numpy_helper.from_array(
-                    np.clip(bias, -2**31, 2**31 - 1).astype(np.int32), initializer.name))
-    onnx.save(model, str(raw))
 
 
 def _int8_memory_features(model) -> int:

@@ -335,9 +335,10 @@ def _in_layer(node, layer: str) -> bool:
 
 def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     """The default a user with a pretrained backbone gets (mobilenet_v2, the nearest-neighbour memory, 1 epoch
-    from a small local backbone file) exported with --quantize int8: the pretrained recipe keeps the pooled
-    features, the head, the memory and the softmax float and quantizes the backbone, the check runs and is
-    reported, the file is smaller and `predict --backend onnx --precision int8` runs it."""
+    from a small local backbone file) exported with --quantize int8: the pretrained recipe keeps the input
+    scaling, the stem, the pooled features, the head, the memory and the softmax float and quantizes the 16
+    blocks between, the check runs and is reported, the file is smaller and `predict --backend onnx --precision
+    int8` runs it."""
     import onnx
 
     from conftest import write_small_backbone
@@ -369,17 +370,22 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized_in = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.input}
     initializers = {i.name: i for i in graph.initializer}
-    # the backbone is int8 from block_7 on, float before it: a convolution reads int8 weights, or float ones
+    # the input scaling and the stem (Conv1, expanded_conv) compute in float, the 16 blocks and Conv_1 in int8:
+    # a convolution reads int8 weights, or float ones
     convs = {n.input[1]: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
     float_convs = [w for w, q in convs.items() if not q]
     assert all(initializers[w].data_type == onnx.TensorProto.FLOAT for w in float_convs)
-    assert 20 <= len(convs) - len(float_convs) and 15 <= len(float_convs), (len(convs), len(float_convs))
+    assert (len(convs), len(float_convs)) == (52, 3), (len(convs), len(float_convs))
     late = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_16_depthwise")
-                                                              or _in_layer(n, "block_7_depthwise"))]
-    early = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_6_depthwise")
-                                                               or _in_layer(n, "expanded_conv_depthwise"))]
-    assert len(late) == len(early) == 2
+                                                              or _in_layer(n, "block_1_depthwise"))]
+    early = [n for n in graph.node if n.op_type == "Conv" and _in_layer(n, "expanded_conv_depthwise")]
+    assert (len(late), len(early)) == (2, 1)
     assert all(n.input[1] in dequantized for n in late) and not any(n.input[1] in dequantized for n in early)
+    # the pixels reach the stem unrounded: x / 127.5 - 1 is never re-quantized (uint8 cannot hold its values)
+    scale = [n for n in graph.node if _in_layer(n, "scale")]
+    assert [n.op_type for n in scale] == ["Mul", "Add"], [n.name for n in scale]
+    for n in scale:
+        assert not set(n.output) & quantized_in and n.input[0] not in dequantized, f"{n.name}: quantized"
     # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
     pooled = [n for n in graph.node if _in_layer(n, "gap")]
     head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
