@@ -3,17 +3,23 @@
 float one, and its batch-1 speed against fp32 ONNX, on trained mobilenet_v2 models (160 px, with the
 nearest-neighbour memory the default adds).
 
-    python bench/int8_pretrained.py choose MODEL_DIR... [--recipes NAME...] [--seconds S]
+    python bench/int8_pretrained.py sensitivity MODEL_DIR... [--extra DIR...] [--method M]
+    python bench/int8_pretrained.py choose MODEL_DIR... [--extra DIR...] [--recipes NAME...] [--seconds S]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
 metadata.json says.
 
+sensitivity: the stem, each of the 16 blocks and Conv_1 made int8 alone (all else float, the input scaling
+  too), then int8 greedily, the least damaging unit first: agreement and mean total variation of the
+  probabilities after each step, on the val split (plus --extra).
+--extra: one folder per model of class folders of images the model never saw (not its test split), scored
+  together with its val split for a finer agreement figure.
 choose: every candidate recipe (RECIPES below) quantizes the model's model.onnx, calibrated on
   `imgclf export`'s default calibration images (300 of the training split, seeded), and is scored on the
-  model's **val** split only (the test split is never looked at): top-1 agreement with the float file,
-  accuracy of both, and the fp32/int8 CPU per image at batch 1 (one short round: a rough figure; the
-  report's is the one to quote).
+  model's **val** split (plus --extra; the test split is never looked at): top-1 agreement with the float
+  file (and of the head alone and the memory's vote alone), accuracy of both, and the fp32/int8 CPU per image
+  at batch 1 (one short round: a rough figure; the report's is the one to quote).
 report: `imgclf export NAME --quantize int8 --force` with the defaults (the recipe chosen), the figures of
   its agreement check on the **test** split, then batch-1 speed: one onnxruntime session per child process
   (CPU provider, default threads), fp32 and int8 interleaved (A B A B, --rounds), medians and the ratio of
