@@ -5,6 +5,7 @@ nearest-neighbour memory the default adds).
 
     python bench/int8_pretrained.py sensitivity MODEL_DIR... [--extra DIR...] [--method M]
     python bench/int8_pretrained.py choose MODEL_DIR... [--extra DIR...] [--recipes NAME...] [--seconds S]
+    python bench/int8_pretrained.py precision MODEL_DIR... [--extra DIR...]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
@@ -13,6 +14,8 @@ metadata.json says.
 sensitivity: the stem, each of the 16 blocks and Conv_1 made int8 alone (all else float, the input scaling
   too), then int8 greedily, the least damaging unit first: agreement and mean total variation of the
   probabilities after each step, on the val split (plus --extra).
+precision: the default's float set with 8- or 16-bit weights and activations (W8A8 ... W16A16; 16 bits as
+  a diagnostic: no fast CPU kernels), on the val split (plus --extra): which half of int8 loses the labels.
 --extra: one folder per model of class folders of images the model never saw (not its test split), scored
   together with its val split for a finer agreement figure.
 choose: every candidate recipe (RECIPES below) quantizes the model's model.onnx, calibrated on
@@ -84,6 +87,11 @@ RECIPES = {
     # the blocks the sensitivity sweep ranks worst after the stem (bench/int8_pretrained.py sensitivity)
     "scale-stem-b1-2-13-15": dict(keep_float=BASE + ("features",),
                                   float_layers=("scale",) + STEM + ("block_1", "block_2", "block_13", "block_15")),
+    # ... and the int8 weights' mean error absorbed by the biases (the default)
+    "scale-stem-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True),
+    "scale-stem-block2-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2],
+                                 bias_correction=True),
+    "scale-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True),
     "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
@@ -258,6 +266,48 @@ def sensitivity(args) -> None:
     C.emit("int8_pretrained_sensitivity", lines, record)
 
 
+def precision(args) -> None:
+    """Where the loss comes from: the default recipe's float set, with 8- or 16-bit weights and activations
+    (16 bits is a diagnostic only: onnxruntime's CPU provider has no fast kernels for it), on val (+ --extra)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    types = {"W8A8": (QuantType.QInt8, QuantType.QUInt8), "W8A16": (QuantType.QInt8, QuantType.QUInt16),
+             "W16A8": (QuantType.QInt16, QuantType.QUInt8), "W16A16": (QuantType.QInt16, QuantType.QUInt16)}
+    lines, record = [], {"models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        splits = Q._model_splits(ref, "--check DIR")
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
+        calib = Q.calibration_images(ref, ref.spec, splits=splits).pixels
+        probs = Q._probabilities(ref.onnx_path, val.pixels)
+        work = Path(tempfile.mkdtemp(prefix="int8-precision-"))
+        entry = {}
+        try:
+            prepared = work / "prepared.onnx"
+            Q._prepare(ref.onnx_path, prepared)
+            graph = onnx.load(str(prepared)).graph
+            keep = Q.float_nodes(graph, Q.recipe_for(ref.metadata))
+            for name, (weights, activations) in types.items():
+                out = work / f"{name}.onnx"
+                quantize_static(str(prepared), str(out), Q._Reader(graph.input[0].name, calib),
+                                quant_format=QuantFormat.QDQ, per_channel=True, weight_type=weights,
+                                activation_type=activations, calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=keep, calibration_cache_path=work / "ranges.json")
+                entry[name] = _score(probs, out, val)
+                lines.append(f"{model_dir} {name:6s} on {len(val.paths)} images: agreement "
+                             f"{100 * entry[name]['top1_agreement']:.2f}% ({entry[name]['changed_labels']} changed), "
+                             f"mean TV {entry[name]['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = entry
+    C.emit("int8_pretrained_precision", lines, record)
+
+
 def report(args) -> None:
     lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "models": {}}
     for model_dir in map(Path, args.models):
@@ -290,7 +340,7 @@ def report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["choose", "sensitivity", "report"])
+    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report"])
     ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
     ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
@@ -301,7 +351,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    {"choose": choose, "sensitivity": sensitivity, "report": report}[args.mode](args)
+    {"choose": choose, "sensitivity": sensitivity, "precision": precision, "report": report}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,9 @@ QUANTIZE_PRETRAINED_KEEP_FLOAT = ("softmax", "memory", "features")
 #: expanded_conv: int8 alone, the worst part by 5x; in float it costs no speed). Keeping more of the network
 #: float bought at most 1 point of agreement for a third of the batch-1 speed-up (docs/benchmarks.md)
 QUANTIZE_MOBILENET_V2_FLOAT_LAYERS = ("scale", "Conv1", "bn_Conv1", "expanded_conv")
+#: ... and its int8 convolutions' biases absorb the mean error of their int8 weights (quantize.Recipe): the
+#: weights lose most of the labels (int8 weights with 16-bit activations agree as little as all int8)
+QUANTIZE_MOBILENET_V2_BIAS_CORRECTION = True
 #: how their activation ranges are calibrated (MinMax | Entropy | Percentile)
 QUANTIZE_PRETRAINED_CALIBRATION = "MinMax"
 
