@@ -331,7 +331,8 @@ def report(args) -> None:
                      f"fp32 {100 * check['fp32_accuracy']:.2f}% -> int8 {100 * check['int8_accuracy']:.2f}% (drop "
                      f"{check['accuracy_drop_points']:.2f} points), max |dp| {check['max_abs_diff']:.3f}; file "
                      f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; float: "
-                     f"{','.join(int8['keep_float'] + int8['float_layers'])}; {int8['calibration_method']}")
+                     f"{','.join(int8['keep_float'] + int8['float_layers'])}; {int8['calibration_method']}; bias correction "
+                     f"of {int8.get('bias_corrected_convs', 0)} convolutions")
         lines.append(f"  batch 1: int8/fp32 images/s per round {', '.join(f'{x:.2f}' for x in wall)} (median "
                      f"{C.median(wall):.2f}); fp32/int8 CPU per image {', '.join(f'{x:.2f}' for x in cpu)} "
                      f"(median {C.median(cpu):.2f})")

@@ -388,14 +388,37 @@ def _channel_means(path: Path, tensors: Sequence[str], pixels: np.ndarray, batch
     import onnx
 
     model = onnx.load(str(path))
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    name = model.graph.input[0].name
+    inner = [t for t in tensors if t != name]        # (the graph's input is the pixels themselves)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inner)
     sess = _session_of(model.SerializeToString())
-    name = sess.get_inputs()[0].name
     sums = {t: 0.0 for t in tensors}
     for i in range(0, len(pixels), batch):
-        for t, v in zip(tensors, sess.run(list(tensors), {name: pixels[i:i + batch].astype(np.float32)})):
-            sums[t] = sums[t] + v.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+        x = pixels[i:i + batch].astype(np.float32)
+        values = dict(zip(inner, sess.run(inner, {name: x}) if inner else []), **{name: x})
+        for t in tensors:
+            sums[t] = sums[t] + values[t].astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
     return {t: v / len(pixels) for t, v in sums.items()}
+
+
+def _add_int8_bias(model, node, dequantize: dict) -> None:
+    """A zero int32 bias for the int8 convolution `node`, scaled as the quantizer scales biases (input scale x
+    weight scale per output channel), behind its own DequantizeLinear (added to `dequantize` too)."""
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    x_scale = numpy_helper.to_array(initializers[dequantize[node.input[0]].input[1]])
+    w_scale = numpy_helper.to_array(initializers[dequantize[node.input[1]].input[1]])
+    scale = (x_scale * w_scale).astype(np.float32).reshape(-1)
+    name = f"{node.name}_corrected_bias"
+    model.graph.initializer.extend([numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_quantized"),
+                                    numpy_helper.from_array(scale, f"{name}_scale"),
+                                    numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_zero_point")])
+    dq = helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+                          [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=0)
+    model.graph.node.insert(list(model.graph.node).index(node), dq)
+    node.input.append(dq.output[0])
+    dequantize[dq.output[0]] = dq
 
 
 def _correct_biases(prepared: Path, model, pixels: np.ndarray) -> int:
@@ -414,12 +437,17 @@ def _correct_biases(prepared: Path, model, pixels: np.ndarray) -> int:
     def value(name):
         return numpy_helper.to_array(initializers[name])
 
-    ends = {t.name for t in list(source.input) + list(source.output)}
+    ends = {t.name for t in source.output}
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in float_convs
+             and n.input[0] in dequantize and n.input[1] in dequantize and float_convs[n.name].input[0] not in ends]
+    for name in convs:
+        node = next(n for n in model.graph.node if n.name == name)
+        if len(node.input) < 3:                     # no bias (its shift is a separate Add): a zero one
+            _add_int8_bias(model, node, dequantize)
+    initializers = {i.name: i for i in model.graph.initializer}
     targets = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.name not in float_convs or len(node.input) < 3 or \
-                node.input[1] not in dequantize or node.input[2] not in dequantize or \
-                float_convs[node.name].input[0] in ends:
+    for node in (n for n in model.graph.node if n.name in set(convs)):
+        if node.input[2] not in dequantize:
             continue
         w = dequantize[node.input[1]]
         zero = value(w.input[2]).reshape(-1, 1, 1, 1) if len(w.input) > 2 else 0
