@@ -33,8 +33,8 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
-                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_LAYERS, QUANTIZE_PRETRAINED_CALIBRATION,
-                           QUANTIZE_PRETRAINED_KEEP_FLOAT)
+                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
+                           QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
@@ -380,6 +380,7 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
     return info
 
 
+#: calibration images whose float activations give the bias correction its mean inputs
 BIAS_CORRECTION_IMAGES = 64
 
 
@@ -453,7 +454,9 @@ def _correct_biases(prepared: Path, model, pixels: np.ndarray) -> int:
         zero = value(w.input[2]).reshape(-1, 1, 1, 1) if len(w.input) > 2 else 0
         int8 = (value(w.input[0]).astype(np.float32) - zero) * value(w.input[1]).reshape(-1, 1, 1, 1)
         error = int8 - numpy_helper.to_array(weights[float_convs[node.name].input[1]])
-        grouped = next((a.i for a in node.attribute if a.name == "group"), 1) > 1     # depthwise
+        grouped = next((a.i for a in node.attribute if a.name == "group"), 1) > 1
+        if grouped and error.shape[1] != 1:         # grouped, not depthwise: not in these networks
+            continue
         targets.append((dequantize[node.input[2]], float_convs[node.name].input[0], error, grouped))
     means = _channel_means(prepared, sorted({t[1] for t in targets}), pixels[:BIAS_CORRECTION_IMAGES])
     for bias, tensor, error, grouped in targets:
