@@ -3,17 +3,26 @@
 float one, and its batch-1 speed against fp32 ONNX, on trained mobilenet_v2 models (160 px, with the
 nearest-neighbour memory the default adds).
 
-    python bench/int8_pretrained.py choose MODEL_DIR... [--recipes NAME...] [--seconds S]
+    python bench/int8_pretrained.py sensitivity MODEL_DIR... [--extra DIR...] [--method M]
+    python bench/int8_pretrained.py choose MODEL_DIR... [--extra DIR...] [--recipes NAME...] [--seconds S]
+    python bench/int8_pretrained.py precision MODEL_DIR... [--extra DIR...]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
 metadata.json says.
 
+sensitivity: the stem, each of the 16 blocks and Conv_1 made int8 alone (all else float, the input scaling
+  too), then int8 greedily, the least damaging unit first: agreement and mean total variation of the
+  probabilities after each step, on the val split (plus --extra).
+precision: the default's float set with 8- or 16-bit weights and activations (W8A8 ... W16A16; 16 bits as
+  a diagnostic: no fast CPU kernels), on the val split (plus --extra): which half of int8 loses the labels.
+--extra: one folder per model of class folders of images the model never saw (not its test split), scored
+  together with its val split for a finer agreement figure.
 choose: every candidate recipe (RECIPES below) quantizes the model's model.onnx, calibrated on
   `imgclf export`'s default calibration images (300 of the training split, seeded), and is scored on the
-  model's **val** split only (the test split is never looked at): top-1 agreement with the float file,
-  accuracy of both, and the fp32/int8 CPU per image at batch 1 (one short round: a rough figure; the
-  report's is the one to quote).
+  model's **val** split (plus --extra; the test split is never looked at): top-1 agreement with the float
+  file (and of the head alone and the memory's vote alone), accuracy of both, and the fp32/int8 CPU per image
+  at batch 1 (one short round: a rough figure; the report's is the one to quote).
 report: `imgclf export NAME --quantize int8 --force` with the defaults (the recipe chosen), the figures of
   its agreement check on the **test** split, then batch-1 speed: one onnxruntime session per child process
   (CPU provider, default threads), fp32 and int8 interleaved (A B A B, --rounds), medians and the ratio of
@@ -29,6 +38,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -60,6 +70,29 @@ RECIPES = {
                                    calibration_method="Percentile"),
     "stem-block6-percentile": dict(keep_float=BASE + ("features",), float_layers=STEM + BLOCKS[:6],
                                    calibration_method="Percentile"),
+    # the input scaling (x / 127.5 - 1) float too: uint8 cannot hold its 256 half-step values exactly
+    "scale": dict(keep_float=BASE + ("features",), float_layers=("scale",)),
+    "scale-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Percentile"),
+    "scale-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",), calibration_method="Entropy"),
+    "scale-stem": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    "scale-stem-block2": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2]),
+    "scale-stem-adds": dict(keep_float=BASE + ("features", "adds"), float_layers=("scale",) + STEM),
+    "scale-stem-depthwise": dict(keep_float=BASE + ("features", "depthwise"), float_layers=("scale",) + STEM),
+    "scale-stem-percentile": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
+                                  calibration_method="Percentile"),
+    "scale-stem-entropy": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM,
+                               calibration_method="Entropy"),
+    "scale-stem-aug": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    "scale-stem-1000": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM),
+    # the blocks the sensitivity sweep ranks worst after the stem (bench/int8_pretrained.py sensitivity)
+    "scale-stem-b1-2-13-15": dict(keep_float=BASE + ("features",),
+                                  float_layers=("scale",) + STEM + ("block_1", "block_2", "block_13", "block_15")),
+    # ... and the int8 weights' mean error absorbed by the biases (the default)
+    "scale-stem-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True),
+    "scale-stem-block2-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2],
+                                 bias_correction=True),
+    "scale-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True),
+    "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
 }
@@ -80,15 +113,55 @@ def _augment(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
+def _val_images(ref, splits, extra=None):
+    """The model's val split, plus the images of `extra` (class folders named as the model's classes, none of
+    them seen in training: more images for a finer agreement figure; never the test split)."""
+    from imgclf import quantize as Q
+
+    paths, labels = list(splits.val.paths), list(splits.val.labels)
+    if extra:
+        index = {c: i for i, c in enumerate(ref.metadata["class_names"])}
+        found = sorted(Q._image_files(Path(extra))[1])
+        paths += found
+        labels += [index[Path(f).parent.name] for f in found]
+    return Q._decode(paths, labels, ref.spec, splits.val.root + (f" + {extra}" if extra else ""))
+
+
+#: the two halves of the default's output (memory.py): the head's probabilities and the memory's vote
+PARTS = {"head": "probabilities_1/Softmax:0", "memory": "memory_1/truediv_2:0"}
+
+
+def _part_agreement(float_path: Path, int8_path: Path, pixels: np.ndarray) -> dict:
+    """Top-1 agreement of the head alone and of the memory's vote alone (each half of the blend), float file
+    against int8 file: where the disagreement comes from."""
+    import onnx
+    import onnxruntime as ort
+
+    labels = []
+    for path in (float_path, int8_path):
+        model = onnx.load(str(path))
+        names = {t: next((o for n in model.graph.node for o in n.output if o.endswith(t)), None)
+                 for t in PARTS.values()}
+        if None in names.values():
+            return {}
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                  for n in names.values())
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = [sess.run(list(names.values()), {sess.get_inputs()[0].name: pixels[i:i + 64].astype(np.float32)})
+                for i in range(0, len(pixels), 64)]
+        labels.append([np.concatenate([o[k] for o in outs]).argmax(1) for k in range(len(PARTS))])
+    return {f"{part}_agreement": float(np.mean(a == b)) for part, a, b in zip(PARTS, *labels)}
+
+
 def choose(args) -> None:
     from imgclf import quantize as Q
     from imgclf import registry
 
     lines, record = [], {"models": {}}
-    for model_dir in map(Path, args.models):
+    for k, model_dir in enumerate(map(Path, args.models)):
         ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
         splits = Q._model_splits(ref, "--check DIR")
-        val = Q._decode(splits.val.paths, splits.val.labels, ref.spec, splits.val.root)
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
         calib = {n: Q.calibration_images(ref, ref.spec, count=n, splits=splits).pixels for n in (300, 1000)}
         calib["aug"] = _augment(calib[300])
         names = args.recipes or list(RECIPES)
@@ -110,7 +183,8 @@ def choose(args) -> None:
                     continue
                 figures, _ = Q.agreement(ref.onnx_path, out, val, ref.metadata["class_names"])
                 fp, q8 = _speed(ref.onnx_path, 1, args.seconds), _speed(out, 1, args.seconds)
-                entry[name] = dict(figures, float_nodes=info["float_nodes"], calibration_images=len(pixels),
+                parts = _part_agreement(ref.onnx_path, out, val.pixels)
+                entry[name] = dict(figures, **parts, float_nodes=info["float_nodes"], calibration_images=len(pixels),
                                    bytes=out.stat().st_size, cpu_saving_b1=fp["cpu_ms_per_image"] / q8["cpu_ms_per_image"],
                                    speedup_b1=q8["images_per_s"] / fp["images_per_s"])
                 lines.append(f"{model_dir} {name:22s} val {figures['images']}: agreement "
@@ -118,12 +192,120 @@ def choose(args) -> None:
                              f"{100 * figures['fp32_accuracy']:.2f}% int8 {100 * figures['int8_accuracy']:.2f}%, "
                              f"max|dp| {figures['max_abs_diff']:.3f}; {info['float_nodes']} nodes float; batch 1 "
                              f"fp32/int8 CPU {entry[name]['cpu_saving_b1']:.2f}x, images/s "
-                             f"{entry[name]['speedup_b1']:.2f}x")
+                             f"{entry[name]['speedup_b1']:.2f}x" + "".join(
+                                 f"; {k.split('_')[0]} alone {100 * v:.2f}%" for k, v in parts.items()))
                 print(lines[-1], file=sys.stderr, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         record["models"][str(model_dir)] = entry
     C.emit("int8_pretrained_choose", lines, record)
+
+
+#: the units of the sensitivity sweep: the stem, each inverted-residual block, the last 1x1 convolution
+UNITS = {"stem": STEM, **{b: (b,) for b in BLOCKS}, "Conv_1": ("Conv_1", "out_relu")}
+
+
+def _score(float_probs: np.ndarray, int8_path: Path, val) -> dict:
+    """Agreement of `int8_path` with the float probabilities on `val`, and the mean total-variation distance
+    of the two probability vectors (a finer figure than the agreement on a hundred-odd images)."""
+    from imgclf import quantize as Q
+
+    p8 = Q._probabilities(int8_path, val.pixels)
+    l32, l8 = float_probs.argmax(1), p8.argmax(1)
+    return {"top1_agreement": float(np.mean(l32 == l8)), "changed_labels": int(np.sum(l32 != l8)),
+            "int8_accuracy": float(np.mean(l8 == val.labels)), "fp32_accuracy": float(np.mean(l32 == val.labels)),
+            "mean_tv": float(0.5 * np.abs(float_probs - p8).sum(1).mean())}
+
+
+def _try(ref, work: Path, calib: np.ndarray, val, float_probs, name: str, int8_units: Sequence[str],
+         method: str = "MinMax", extra_float: Sequence[str] = ("scale",)) -> dict:
+    """Quantize `ref` with only `int8_units` int8 (the rest of the backbone, the input scaling, the features and
+    the head float)."""
+    from imgclf import quantize as Q
+
+    float_layers = tuple(x for u, names in UNITS.items() if u not in int8_units for x in names) + tuple(extra_float)
+    recipe = Q.Recipe(keep_float=BASE + ("features",), float_layers=float_layers, calibration_method=method)
+    out = work / f"{name}.onnx"
+    Q.quantize_file(ref.onnx_path, out, calib, recipe, calibration_cache=work / f"{method}.ranges")
+    return _score(float_probs, out, val)
+
+
+def sensitivity(args) -> None:
+    """One unit int8 at a time (the damage each does alone), then units made int8 greedily, the least
+    damaging first, with the agreement after each (all on the val split)."""
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    lines, record = [], {"models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        splits = Q._model_splits(ref, "--check DIR")
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
+        calib = Q.calibration_images(ref, ref.spec, splits=splits).pixels
+        probs = Q._probabilities(ref.onnx_path, val.pixels)
+        work = Path(tempfile.mkdtemp(prefix="int8-sens-"))
+        one, greedy = {}, []
+        try:
+            for unit in UNITS:
+                one[unit] = _try(ref, work, calib, val, probs, unit, [unit], args.method)
+                lines.append(f"{model_dir} only {unit:9s} int8: agreement {100 * one[unit]['top1_agreement']:.2f}% "
+                             f"({one[unit]['changed_labels']} changed), mean TV {one[unit]['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+            order = sorted(UNITS, key=lambda u: one[u]["mean_tv"])
+            for k in range(1, len(order) + 1):
+                fig = _try(ref, work, calib, val, probs, f"greedy{k}", order[:k], args.method)
+                greedy.append(dict(fig, int8_units=order[:k]))
+                lines.append(f"{model_dir} greedy {k:2d} int8 (+{order[k - 1]}): agreement "
+                             f"{100 * fig['top1_agreement']:.2f}% ({fig['changed_labels']} changed), accuracy "
+                             f"{100 * fig['fp32_accuracy']:.2f} -> {100 * fig['int8_accuracy']:.2f}%, mean TV "
+                             f"{fig['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = {"one_unit": one, "greedy": greedy}
+    C.emit("int8_pretrained_sensitivity", lines, record)
+
+
+def precision(args) -> None:
+    """Where the loss comes from: the default recipe's float set, with 8- or 16-bit weights and activations
+    (16 bits is a diagnostic only: onnxruntime's CPU provider has no fast kernels for it), on val (+ --extra)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    types = {"W8A8": (QuantType.QInt8, QuantType.QUInt8), "W8A16": (QuantType.QInt8, QuantType.QUInt16),
+             "W16A8": (QuantType.QInt16, QuantType.QUInt8), "W16A16": (QuantType.QInt16, QuantType.QUInt16)}
+    lines, record = [], {"models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        splits = Q._model_splits(ref, "--check DIR")
+        val = _val_images(ref, splits, args.extra[k] if args.extra else None)
+        calib = Q.calibration_images(ref, ref.spec, splits=splits).pixels
+        probs = Q._probabilities(ref.onnx_path, val.pixels)
+        work = Path(tempfile.mkdtemp(prefix="int8-precision-"))
+        entry = {}
+        try:
+            prepared = work / "prepared.onnx"
+            Q._prepare(ref.onnx_path, prepared)
+            graph = onnx.load(str(prepared)).graph
+            keep = Q.float_nodes(graph, Q.recipe_for(ref.metadata))
+            for name, (weights, activations) in types.items():
+                out = work / f"{name}.onnx"
+                quantize_static(str(prepared), str(out), Q._Reader(graph.input[0].name, calib),
+                                quant_format=QuantFormat.QDQ, per_channel=True, weight_type=weights,
+                                activation_type=activations, calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=keep, calibration_cache_path=work / "ranges.json")
+                entry[name] = _score(probs, out, val)
+                lines.append(f"{model_dir} {name:6s} on {len(val.paths)} images: agreement "
+                             f"{100 * entry[name]['top1_agreement']:.2f}% ({entry[name]['changed_labels']} changed), "
+                             f"mean TV {entry[name]['mean_tv']:.4f}")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = entry
+    C.emit("int8_pretrained_precision", lines, record)
 
 
 def report(args) -> None:
@@ -148,8 +330,9 @@ def report(args) -> None:
                      f"agreement {100 * check['top1_agreement']:.2f}% ({check['changed_labels']} changed), accuracy "
                      f"fp32 {100 * check['fp32_accuracy']:.2f}% -> int8 {100 * check['int8_accuracy']:.2f}% (drop "
                      f"{check['accuracy_drop_points']:.2f} points), max |dp| {check['max_abs_diff']:.3f}; file "
-                     f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; keep_float "
-                     f"{','.join(int8['keep_float'])}, {int8['calibration_method']}")
+                     f"{int8['fp32_bytes'] / 2**20:.2f} -> {int8['bytes'] / 2**20:.2f} MiB; float: "
+                     f"{','.join(int8['keep_float'] + int8['float_layers'])}; {int8['calibration_method']}; bias correction "
+                     f"of {int8.get('bias_corrected_convs', 0)} convolutions")
         lines.append(f"  batch 1: int8/fp32 images/s per round {', '.join(f'{x:.2f}' for x in wall)} (median "
                      f"{C.median(wall):.2f}); fp32/int8 CPU per image {', '.join(f'{x:.2f}' for x in cpu)} "
                      f"(median {C.median(cpu):.2f})")
@@ -158,14 +341,18 @@ def report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["choose", "report"])
+    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report"])
     ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
+    ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
+                    help="sensitivity: the calibration method")
+    ap.add_argument("--extra", nargs="+", default=None,
+                    help="choose, sensitivity: one folder per model of unseen images scored with its val split")
     ap.add_argument("--rounds", type=int, default=3, help="report: A B rounds at batch 1")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    (choose if args.mode == "choose" else report)(args)
+    {"choose": choose, "sensitivity": sensitivity, "precision": precision, "report": report}[args.mode](args)
 
 
 if __name__ == "__main__":

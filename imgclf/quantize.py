@@ -33,8 +33,8 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
-                           QUANTIZE_MOBILENET_V2_FLOAT_LAYERS, QUANTIZE_PRETRAINED_CALIBRATION,
-                           QUANTIZE_PRETRAINED_KEEP_FLOAT)
+                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
+                           QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
 
@@ -203,6 +203,9 @@ class Recipe:
     float_tail_convs: the last this many convolutions, and everything after them, stay float too.
     float_layers: the nodes of these Keras layers stay float, a name standing for itself and the layers it
       begins, "block_16" for "block_16_expand", "block_16_project", ... (not "block_1" for "block_16").
+    bias_correction: each int8 convolution's bias absorbs the mean error its int8 weights add to its output,
+      (W_int8 - W) . E[input] per output channel, E[input] measured in the float graph on calibration images
+      (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias Correction", 4.2).
     """
 
     per_channel: bool = True
@@ -211,12 +214,13 @@ class Recipe:
     symmetric_activations: bool = False
     float_tail_convs: int = 0
     float_layers: Tuple[str, ...] = ()
+    bias_correction: bool = False
 
     def describe(self) -> dict:
         return {"method": "static", "format": "QDQ", "weights": "int8", "activations": "uint8",
                 "per_channel": self.per_channel, "calibration_method": self.calibration_method,
                 "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
-                "float_layers": list(self.float_layers)}
+                "float_layers": list(self.float_layers), "bias_correction": self.bias_correction}
 
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
@@ -225,7 +229,8 @@ SCRATCH_RECIPE = Recipe()
 #: its first layers float too (the MobileNetV3s' layers have other names, and were not measured)
 PRETRAINED_RECIPE = Recipe(keep_float=tuple(QUANTIZE_PRETRAINED_KEEP_FLOAT),
                            calibration_method=QUANTIZE_PRETRAINED_CALIBRATION)
-MOBILENET_V2_RECIPE = dataclasses.replace(PRETRAINED_RECIPE, float_layers=tuple(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS))
+MOBILENET_V2_RECIPE = dataclasses.replace(PRETRAINED_RECIPE, float_layers=tuple(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS),
+                                          bias_correction=QUANTIZE_MOBILENET_V2_BIAS_CORRECTION)
 
 
 def recipe_for(metadata: dict) -> Recipe:
@@ -362,8 +367,9 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
         keep = float_nodes(graph, recipe)
         _quantize_static(prepared, raw, pixels, source.graph.input[0].name, recipe, keep, calibration_cache)
         model = onnx.load(str(raw))
+        corrected = _correct_biases(prepared, model, pixels) if recipe.bias_correction else 0
         stored = _int8_memory_features(model)
-        info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep),
+        info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep), bias_corrected_convs=corrected,
                     float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep)}),
                     onnxruntime=ort.__version__)
         if stored:
@@ -372,6 +378,93 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
+
+
+#: calibration images whose float activations give the bias correction its mean inputs
+BIAS_CORRECTION_IMAGES = 64
+
+
+def _channel_means(path: Path, tensors: Sequence[str], pixels: np.ndarray, batch: int = 8) -> dict:
+    """{tensor: its mean per channel over images and positions} of NCHW `tensors` of the graph at `path`."""
+    import onnx
+
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    inner = [t for t in tensors if t != name]        # (the graph's input is the pixels themselves)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inner)
+    sess = _session_of(model.SerializeToString())
+    sums = {t: 0.0 for t in tensors}
+    for i in range(0, len(pixels), batch):
+        x = pixels[i:i + batch].astype(np.float32)
+        values = dict(zip(inner, sess.run(inner, {name: x}) if inner else []), **{name: x})
+        for t in tensors:
+            sums[t] = sums[t] + values[t].astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+    return {t: v / len(pixels) for t, v in sums.items()}
+
+
+def _add_int8_bias(model, node, dequantize: dict) -> None:
+    """A zero int32 bias for the int8 convolution `node`, scaled as the quantizer scales biases (input scale x
+    weight scale per output channel), behind its own DequantizeLinear (added to `dequantize` too)."""
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    x_scale = numpy_helper.to_array(initializers[dequantize[node.input[0]].input[1]])
+    w_scale = numpy_helper.to_array(initializers[dequantize[node.input[1]].input[1]])
+    scale = (x_scale * w_scale).astype(np.float32).reshape(-1)
+    name = f"{node.name}_corrected_bias"
+    model.graph.initializer.extend([numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_quantized"),
+                                    numpy_helper.from_array(scale, f"{name}_scale"),
+                                    numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_zero_point")])
+    dq = helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+                          [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=0)
+    model.graph.node.insert(list(model.graph.node).index(node), dq)
+    node.input.append(dq.output[0])
+    dequantize[dq.output[0]] = dq
+
+
+def _correct_biases(prepared: Path, model, pixels: np.ndarray) -> int:
+    """Recipe.bias_correction on `model` (the QDQ graph of the float graph at `prepared`), in place: the int32
+    bias of each int8 convolution minus (W_int8 - W) . E[input], E[input] per input channel from the float graph
+    on up to BIAS_CORRECTION_IMAGES calibration images. Returns how many convolutions were corrected."""
+    import onnx
+    from onnx import numpy_helper
+
+    source = onnx.load(str(prepared)).graph
+    weights = {i.name: i for i in source.initializer}
+    float_convs = {n.name: n for n in source.node if n.op_type == "Conv"}
+    initializers = {i.name: i for i in model.graph.initializer}
+    dequantize = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+    def value(name):
+        return numpy_helper.to_array(initializers[name])
+
+    ends = {t.name for t in source.output}
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in float_convs
+             and n.input[0] in dequantize and n.input[1] in dequantize and float_convs[n.name].input[0] not in ends]
+    for name in convs:
+        node = next(n for n in model.graph.node if n.name == name)
+        if len(node.input) < 3:                     # no bias (its shift is a separate Add): a zero one
+            _add_int8_bias(model, node, dequantize)
+    initializers = {i.name: i for i in model.graph.initializer}
+    targets = []
+    for node in (n for n in model.graph.node if n.name in set(convs)):
+        if node.input[2] not in dequantize:
+            continue
+        w = dequantize[node.input[1]]
+        zero = value(w.input[2]).reshape(-1, 1, 1, 1) if len(w.input) > 2 else 0
+        int8 = (value(w.input[0]).astype(np.float32) - zero) * value(w.input[1]).reshape(-1, 1, 1, 1)
+        error = int8 - numpy_helper.to_array(weights[float_convs[node.name].input[1]])
+        grouped = next((a.i for a in node.attribute if a.name == "group"), 1) > 1
+        if grouped and error.shape[1] != 1:         # grouped, not depthwise: not in these networks
+            continue
+        targets.append((dequantize[node.input[2]], float_convs[node.name].input[0], error, grouped))
+    means = _channel_means(prepared, sorted({t[1] for t in targets}), pixels[:BIAS_CORRECTION_IMAGES])
+    for bias, tensor, error, grouped in targets:
+        shift = error.sum(axis=(1, 2, 3)) * means[tensor] if grouped else error.sum(axis=(2, 3)) @ means[tensor]
+        corrected = value(bias.input[0]).astype(np.int64) - np.round(shift / value(bias.input[1])).astype(np.int64)
+        initializers[bias.input[0]].CopyFrom(numpy_helper.from_array(
+            np.clip(corrected, -2**31, 2**31 - 1).astype(np.int32), bias.input[0]))
+    return len(targets)
 
 
 def _int8_memory_features(model) -> int:
@@ -404,12 +497,17 @@ def _int8_memory_features(model) -> int:
 
 # --------------------------------------------------------------------------------------- the check
 
-def _session(path: Path):
+def _session_of(model) -> "object":
+    """An onnxruntime CPU session of `model` (a path or serialized bytes), quiet."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _session(path: Path):
+    return _session_of(str(path))
 
 
 def _probabilities(path: Path, pixels: np.ndarray, batch: int = 64) -> np.ndarray:

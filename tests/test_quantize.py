@@ -335,9 +335,10 @@ def _in_layer(node, layer: str) -> bool:
 
 def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     """The default a user with a pretrained backbone gets (mobilenet_v2, the nearest-neighbour memory, 1 epoch
-    from a small local backbone file) exported with --quantize int8: the pretrained recipe keeps the pooled
-    features, the head, the memory and the softmax float and quantizes the backbone, the check runs and is
-    reported, the file is smaller and `predict --backend onnx --precision int8` runs it."""
+    from a small local backbone file) exported with --quantize int8: the pretrained recipe keeps the input
+    scaling, the stem, the pooled features, the head, the memory and the softmax float and quantizes the 16
+    blocks between, the check runs and is reported, the file is smaller and `predict --backend onnx --precision
+    int8` runs it."""
     import onnx
 
     from conftest import write_small_backbone
@@ -369,17 +370,24 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized_in = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.input}
     initializers = {i.name: i for i in graph.initializer}
-    # the backbone is int8 from block_7 on, float before it: a convolution reads int8 weights, or float ones
+    # the input scaling and the stem (Conv1, expanded_conv) compute in float, the 16 blocks and Conv_1 in int8:
+    # a convolution reads int8 weights, or float ones
     convs = {n.input[1]: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
     float_convs = [w for w, q in convs.items() if not q]
     assert all(initializers[w].data_type == onnx.TensorProto.FLOAT for w in float_convs)
-    assert 20 <= len(convs) - len(float_convs) and 15 <= len(float_convs), (len(convs), len(float_convs))
+    assert (len(convs), len(float_convs)) == (52, 3), (len(convs), len(float_convs))
     late = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_16_depthwise")
-                                                              or _in_layer(n, "block_7_depthwise"))]
-    early = [n for n in graph.node if n.op_type == "Conv" and (_in_layer(n, "block_6_depthwise")
-                                                               or _in_layer(n, "expanded_conv_depthwise"))]
-    assert len(late) == len(early) == 2
+                                                              or _in_layer(n, "block_1_depthwise"))]
+    early = [n for n in graph.node if n.op_type == "Conv" and _in_layer(n, "expanded_conv_depthwise")]
+    assert (len(late), len(early)) == (2, 1)
     assert all(n.input[1] in dequantized for n in late) and not any(n.input[1] in dequantized for n in early)
+    # the pixels reach the stem unrounded: x / 127.5 - 1 is never re-quantized (uint8 cannot hold its values)
+    scale = [n for n in graph.node if _in_layer(n, "scale")]
+    assert [n.op_type for n in scale] == ["Mul", "Add"], [n.name for n in scale]
+    for n in scale:
+        assert not set(n.output) & quantized_in and n.input[0] not in dequantized, f"{n.name}: quantized"
+    # every int8 convolution's bias absorbed its int8 weights' mean error (test_bias_correction says how well)
+    assert int8["bias_correction"] is True and int8["bias_corrected_convs"] == 49, int8
     # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
     pooled = [n for n in graph.node if _in_layer(n, "gap")]
     head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
@@ -400,3 +408,35 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     fp = {row["path"]: row["label"] for row in json.loads(r.stdout)}
     assert len(q) == 30 and q.keys() == fp.keys()
     assert sum(q[p][0] == fp[p] for p in fp) / 30 == pytest.approx(check["top1_agreement"], abs=1e-6)
+
+
+def test_bias_correction_removes_the_mean_error_of_int8_weights(tmp_path):
+    """A convolution whose small weights all round to zero in int8 (one large weight per output channel sets
+    the scale): its int8 output is lower on average by their sum x the mean input; with bias_correction the
+    int8 file's mean output matches the float one's again, and metadata says one convolution was corrected."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from imgclf import quantize as Q
+
+    w = np.full((4, 3, 3, 3), 0.003, np.float32)      # 0.38 of an int8 step (1/127): rounds to 0
+    w[:, 0, 1, 1] = 1.0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 24, 24])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    x = np.random.default_rng(0).uniform(0, 1, (32, 3, 24, 24)).astype(np.float32)
+    errors = {}
+    for corrected in (False, True):
+        out = tmp_path / f"int8-{corrected}.onnx"
+        info = Q.quantize_file(tmp_path / "fp32.onnx", out, x, Q.Recipe(bias_correction=corrected))
+        assert info["bias_corrected_convs"] == int(corrected)
+        errors[corrected] = float((Q._probabilities(out, x) - Q._probabilities(tmp_path / "fp32.onnx", x)).mean())
+    # 26 weights of 0.003 lost x a mean input of 0.5 (less at the zero-padded border, which the correction,
+    # from the mean input, does not know: what is left)
+    assert errors[False] < -0.03, errors
+    assert abs(errors[True]) < 0.1 * abs(errors[False]), errors
