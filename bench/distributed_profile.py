@@ -219,14 +219,16 @@ def main() -> None:
             print(lines[-1], flush=True)
     ms = {k: C.median([r["step_ms"] for r in v]) for k, v in runs.items()}
     rest = ms["strategy"] - ms["bare B/2"]
+    machinery = ms["strategy, 1 worker"] - ms["bare B/2"]
+    sync_bn = ms["strategy"] - ms["strategy, own BN"]
     lines = [f"{args.arch} at {args.image_size} px, global batch {args.global_batch}, {args.phase} phase, augment "
              f"{args.augment}; "
              f"median ms a step: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()),
              f"strategy step = B/2 compute {ms['bare B/2']:.1f} + the rest {rest:.1f} ms: the strategy's machinery "
-             f"alone {ms['strategy, 1 worker'] - ms['bare B/2']:+.1f}, all-reduce of the gradient alone "
-             f"{ms['all-reduce']:.1f}, synchronised BatchNorm {ms['strategy'] - ms['strategy, own BN']:+.1f} ms, "
+             f"alone {machinery:+.1f}, all-reduce of the gradient alone "
+             f"{ms['all-reduce']:.1f}, synchronised BatchNorm {sync_bn:+.1f} ms, "
              f"waiting for the slower worker and the rest "
-             f"{rest - (ms['strategy, 1 worker'] - ms['bare B/2']) - ms['all-reduce']:+.1f}",
+             f"{rest - machinery - ms['all-reduce'] - sync_bn:+.1f}",
              f"speed-up of two workers over one process (bare B / strategy): {C.ratio(ms['bare B'], ms['strategy']):.2f}x "
              f"(ideal {C.ratio(ms['bare B'], ms['bare B/2']):.2f}x: B/2 compute alone)"]
     C.emit("distributed_profile", lines, {"arch": args.arch, "image_size": args.image_size,
