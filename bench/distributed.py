@@ -51,7 +51,8 @@ def steady_throughput(registry: Path) -> dict:
     secs = [float(r["seconds"]) for r in rows]
     # the first epoch of each phase traces its graph (and a fine-tune phase compiles anew)
     steady = [float(r["seconds"]) for i, r in enumerate(rows) if i and r["phase"] == rows[i - 1]["phase"]] or secs
-    return {"epoch_seconds": secs, "train_images": images, "images_per_s": images * len(steady) / sum(steady),
+    split = {k: [float(r.get(k) or 0) for r in rows] for k in ("train_seconds", "val_seconds")}
+    return {"epoch_seconds": secs, **split, "train_images": images, "images_per_s": images * len(steady) / sum(steady),
             "test_accuracy": meta["metrics"].get("test_accuracy"), "distribute": meta.get("distribute")}
 
 
@@ -134,6 +135,10 @@ def main() -> None:
                          f"{', '.join(f'{s:.1f}' for s in r['epoch_seconds'][1:])} s), wall {r['wall']:.1f} s, "
                          f"test acc {r['test_accuracy']:.3f}")
             print(lines[-1], flush=True)
+            print(f"    each epoch: steps {', '.join(f'{s:.1f}' for s in r['train_seconds'])} s; validation "
+                  f"{', '.join(f'{s:.1f}' for s in r['val_seconds'])} s; callbacks "
+                  f"{', '.join(f'{e - t - v:.1f}' for e, t, v in zip(r['epoch_seconds'], r['train_seconds'], r['val_seconds']))} s",
+                  flush=True)
     one = C.median([r["images_per_s"] for r in runs["one_worker"]])
     two = C.median([r["images_per_s"] for r in runs["two_workers"]])
     per_round = [C.ratio(b["images_per_s"], 2 * a["images_per_s"])

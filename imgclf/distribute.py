@@ -265,6 +265,12 @@ class Distribution:
             for l, b in zip(layers, before):
                 l.synchronized = b
 
+    def steps(self, n: int, batch: int) -> int:
+        """Batches an epoch of `n` images in global batches of `batch` takes: under a strategy a last batch
+        smaller than the replica count is left out (see `dataset`)."""
+        steps = -(-n // batch)
+        return steps - 1 if self.strategy is not None and 0 < n % batch < self.replicas else steps
+
     def dataset(self, build):
         """The dataset `build(shard)` makes (a tf.data pipeline of batches of the global batch size, see
         data.pipeline.make_dataset), spread over the replicas. Every worker draws the same order of
@@ -288,9 +294,9 @@ class Distribution:
                     return tf.data.Dataset.range(first, first + local).map(
                         lambda r: i[size * r // replicas:size * (r + 1) // replicas])
 
-                steps = -(-n // batch)
-                if 0 < n % batch < replicas:
-                    idx, steps = idx.take(steps - 1), steps - 1
+                steps = self.steps(n, batch)
+                if steps < -(-n // batch):
+                    idx = idx.take(steps)
                 # a known length: Keras counts the steps of an epoch (and needs it for steps_per_execution)
                 return idx.flat_map(slices).apply(tf.data.experimental.assert_cardinality(steps * local))
 

@@ -23,7 +23,10 @@ from imgclf import registry
 from imgclf.config import RUN_FILE, TrainConfig
 from imgclf.errors import DataError, Interrupted, UsageError
 
-HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+#: seconds: the whole epoch; train_seconds: its training steps; val_seconds: its validation pass (the rest is
+#: the callbacks: checkpoints, early stopping)
+HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                  "train_seconds", "val_seconds"]
 
 
 @dataclass
@@ -46,11 +49,15 @@ class Run:
     def append_history(self, row: dict) -> None:
         """One completed epoch: on disk (fsynced) before the next begins, and counted in run.json."""
         new = not self.history_path.exists()
+        fields = HISTORY_FIELDS
+        if not new:  # a run begun by an older imgclf keeps its columns
+            with open(self.history_path, newline="") as f:
+                fields = next(csv.reader(f), None) or HISTORY_FIELDS
         with open(self.history_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            w = csv.DictWriter(f, fieldnames=fields)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+            w.writerow({k: row.get(k, "") for k in fields})
             f.flush()
             os.fsync(f.fileno())
         info = registry.read_json(self.staging / RUN_FILE)

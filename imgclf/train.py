@@ -10,7 +10,6 @@ Ctrl-C or a crash loses at most one epoch and `imgclf train --resume RUN` contin
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 import platform
@@ -217,8 +216,10 @@ def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, dec
     augment = build_augmenter(cfg.augment, cfg.seed)
     # under a strategy the class weights go into the dataset (Keras cannot add them to a distributed one)
     train_ds = dist.dataset(lambda shard: _weighted(make_dataset(
-        tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed, augment=augment, shard=shard),
+        tr.pixels, tr.labels, batch, shuffle=True, seed=cfg.seed, augment=augment, shard=shard, repeat=True),
         weights if dist.strategy is not None else None))
+    # the train set repeats (one iterator for the whole fit, see make_dataset); the val set does not: Keras
+    # drops its iterator at every evaluation, and one that is finished is dropped at no cost
     val_ds = (dist.dataset(lambda shard: make_dataset(va.pixels, va.labels, batch, shard=shard))
               if va is not None and len(va.labels) else None)
     phases = plan_phases(arch, cfg, reporter)
@@ -228,7 +229,7 @@ def _fit_and_evaluate(model, arch: Architecture, cfg: TrainConfig, run: Run, dec
                 for phase in phases:
                     fit_phase(model, phase, phase is phases[-1], arch, cfg, run, train_ds, val_ds,
                               weights if dist.strategy is None else None, reporter,
-                              steps_per_epoch=math.ceil(len(tr.labels) / batch),
+                              steps_per_epoch=dist.steps(len(tr.labels), batch),
                               steps_per_execution=dist.steps_per_execution)
             if cfg.label_smoothing:  # val/test loss as plain cross-entropy, comparable between models
                 model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -333,7 +334,7 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
         # several steps per execution: the epoch's last call finds fewer batches than it could take
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
-                  verbose=0)
+                  steps_per_epoch=steps_per_epoch, verbose=0)
     model.save_weights(run.phase_weights(phase.name))
 
 
@@ -445,7 +446,8 @@ def _make_epoch_logger(keras):
             self.bar = None
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
+            self.t0 = self.t_train_end = time.perf_counter()
+            self.t_val = 0.0
             steps = self.params.get("steps")
             self.bar = self.reporter.epoch_bar(f"{self.phase} epoch {epoch + 1}/{self.epochs}", steps)
             self.bar.__enter__()
@@ -454,6 +456,13 @@ def _make_epoch_logger(keras):
             if self.bar is not None:
                 logs = logs or {}
                 self.bar.update(batch + 1, f"loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f}")
+            self.t_train_end = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            self.t_val_begin = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.t_val = time.perf_counter() - self.t_val_begin
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -463,7 +472,8 @@ def _make_epoch_logger(keras):
             seconds = time.perf_counter() - self.t0
             lr = self.model.optimizer.learning_rate
             row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": f"{float(np.asarray(lr)):.6g}",
-                   "seconds": f"{seconds:.2f}"}
+                   "seconds": f"{seconds:.2f}", "train_seconds": f"{self.t_train_end - self.t0:.2f}",
+                   "val_seconds": f"{self.t_val:.2f}"}
             for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 if k in logs:
                     row[k] = f"{float(logs[k]):.6f}"

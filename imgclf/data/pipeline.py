@@ -243,14 +243,20 @@ def _row_reader(pixels: np.memmap):
 
 
 def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, augment=None, shard=None):
+                 seed: int = 0, augment=None, shard=None, repeat: bool = False):
     """A tf.data pipeline of (float32 NHWC raw pixels, int32 labels) batches.
 
     Shuffling works on indices, so every epoch draws a new order (never `shuffle().cache()`, which
     freezes epoch 1's order). Each batch is gathered from `pixels` where they are, in RAM or in the
     memory-mapped cache (read one batch at a time): the pixels are never copied into TensorFlow. A
     tf.constant of them held one extra copy for the whole run and a second one while it was made
-    (bench/train_memory.py); gathering a batch in NumPy costs about as much as tf.gather did."""
+    (bench/train_memory.py); gathering a batch in NumPy costs about as much as tf.gather did.
+
+    `repeat`: the epochs follow one another in one endless dataset (each pass reshuffled), for model.fit
+    with steps_per_epoch. Keras then keeps one iterator for the whole fit instead of making one every
+    epoch: dropping an iterator that has just finished waits for its threads, in which nothing runs
+    (2-9 s at each epoch's first step with tf.data's autotuner on; 2-5 s under a distribution strategy
+    without it; bench/iterator_teardown.py, docs/benchmarks.md)."""
     from imgclf.tf_quiet import import_tensorflow
 
     tf = import_tensorflow()
@@ -262,6 +268,8 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     idx = idx.batch(batch_size)
     if shard is not None:  # distributed training: this worker's share of each batch (distribute.py)
         idx = shard(idx, n, batch_size)
+    if repeat:
+        idx = idx.repeat()
     y_all = tf.constant(labels, dtype=tf.int32)
     if isinstance(pixels, np.memmap):
         fetch = _row_reader(pixels)
@@ -279,4 +287,14 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, shuffl
     if augment is not None:
         # sequential on purpose: the random layers draw from one seeded generator, in batch order
         ds = ds.map(lambda x, y: (augment(x, training=True), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(tf))
+
+
+def _options(tf):
+    """tf.data's autotuning model off: with it, dropping an iterator (Keras makes a new one every epoch)
+    waits for the autotuner's thread, 2-9 s at each epoch's first step on one core, in which nothing runs
+    (bench/iterator_teardown.py). The map runs on as many threads as the process may use, the prefetch
+    buffer still adapts."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
