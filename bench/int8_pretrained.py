@@ -7,6 +7,7 @@ nearest-neighbour memory the default adds).
     python bench/int8_pretrained.py choose MODEL_DIR... [--extra DIR...] [--recipes NAME...] [--seconds S]
     python bench/int8_pretrained.py precision MODEL_DIR... [--extra DIR...]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
+    python bench/int8_pretrained.py compare MODEL_DIR... --extra DIR... --recipes NAME... [--rounds R] [--seconds S]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
 metadata.json says.
@@ -27,6 +28,9 @@ report: `imgclf export NAME --quantize int8 --force` with the defaults (the reci
   its agreement check on the **test** split, then batch-1 speed: one onnxruntime session per child process
   (CPU provider, default threads), fp32 and int8 interleaved (A B A B, --rounds), medians and the ratio of
   each round, in wall time and in CPU seconds per image.
+compare: each named recipe (e.g. the default scale-stem-bc against scale-stem-bc-gptq) quantized as `imgclf
+  export` does (its 300 calibration images), scored on val+ (the recipe is chosen on these) and on the test
+  split (reported only), then batch-1 speed, fp32 and int8 interleaved (--rounds), as report.
 Prints human lines, then one JSON line.
 """
 from __future__ import annotations
@@ -89,6 +93,12 @@ RECIPES = {
                                   float_layers=("scale",) + STEM + ("block_1", "block_2", "block_13", "block_15")),
     # ... and the int8 weights' mean error absorbed by the biases (the default)
     "scale-stem-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True),
+    # ... and the int8 weights rounded by GPTQ against the quantizer's scales (Recipe.weight_rounding)
+    "scale-stem-gptq": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, weight_rounding="gptq"),
+    "scale-stem-bc-gptq": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True,
+                               weight_rounding="gptq"),
+    "scale-bc-gptq": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True,
+                          weight_rounding="gptq"),
     "scale-stem-block2-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:2],
                                  bias_correction=True),
     "scale-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True),
@@ -339,20 +349,68 @@ def report(args) -> None:
     C.emit("int8_pretrained_report", lines, record)
 
 
+def _compare_one(ref, model_dir: Path, name: str, calib, sets: dict, args, work: Path) -> tuple:
+    """(figures, line) of recipe `name` on `ref`: agreement and accuracy on each of `sets`, batch-1 speed."""
+    from imgclf import quantize as Q
+
+    out = work / f"{name}.onnx"
+    info = Q.quantize_file(ref.onnx_path, out, calib, Q.Recipe(**RECIPES[name]),
+                           calibration_cache=work / "MinMax.ranges")
+    figures = {k: Q.agreement(ref.onnx_path, out, images, ref.metadata["class_names"])[0] for k, images in sets.items()}
+    runs = [(_speed(ref.onnx_path, 1, args.seconds), _speed(out, 1, args.seconds)) for _ in range(args.rounds)]
+    wall = C.median([b["images_per_s"] / a["images_per_s"] for a, b in runs])
+    cpu = C.median([a["cpu_ms_per_image"] / b["cpu_ms_per_image"] for a, b in runs])
+    record = dict(figures, speedup_b1=wall, cpu_saving_b1=cpu, runs=runs, settings=info)
+    line = f"{model_dir} {name}: " + "; ".join(
+        f"{k} {f['images']}: agreement {100 * f['top1_agreement']:.2f}% ({f['changed_labels']} changed), accuracy "
+        f"{100 * f['fp32_accuracy']:.2f} -> {100 * f['int8_accuracy']:.2f}%" for k, f in figures.items()) + \
+        f"; batch 1 int8/fp32 images/s {wall:.2f}x, CPU {cpu:.2f}x (medians of {args.rounds})"
+    return record, line
+
+
+def compare(args) -> None:
+    """The named recipes side by side on val+ and test, with batch-1 speed (see the module's docstring)."""
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        calib, test = Q.prepare_images(ref)
+        sets = {"val+": _val_images(ref, Q._model_splits(ref, "--check DIR"), args.extra[k] if args.extra else None),
+                "test": test}
+        work = Path(tempfile.mkdtemp(prefix="int8-compare-"))
+        entry = {}
+        try:
+            for name in args.recipes:
+                entry[name], line = _compare_one(ref, model_dir, name, calib.pixels, sets, args, work)
+                lines.append(line)
+                print(line, file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = entry
+    lines.append("command: python bench/int8_pretrained.py " + " ".join(sys.argv[1:]))
+    C.emit("int8_pretrained_compare", lines, record)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report"])
+    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report", "compare"])
     ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
-    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only")
+    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only; compare: these")
     ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
                     help="sensitivity: the calibration method")
     ap.add_argument("--extra", nargs="+", default=None,
-                    help="choose, sensitivity: one folder per model of unseen images scored with its val split")
-    ap.add_argument("--rounds", type=int, default=3, help="report: A B rounds at batch 1")
+                    help="choose, sensitivity, precision, compare: one folder per model of unseen images scored with its "
+                         "val split")
+    ap.add_argument("--rounds", type=int, default=3, help="report, compare: A B rounds at batch 1")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    {"choose": choose, "sensitivity": sensitivity, "precision": precision, "report": report}[args.mode](args)
+    if args.mode == "compare" and not args.recipes:
+        ap.error("compare needs --recipes NAME...")
+    {"choose": choose, "sensitivity": sensitivity, "precision": precision, "report": report,
+     "compare": compare}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,10 @@ class _Reader:
         self.i = 0
 
 
+#: Recipe.weight_rounding's choices
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a float file becomes int8: static QDQ, int8 weights, uint8 activations, and these choices.
@@ -206,6 +210,10 @@ class Recipe:
     bias_correction: each int8 convolution's bias absorbs the mean error its int8 weights add to its output,
       (W_int8 - W) . E[input] per output channel, E[input] measured in the float graph on calibration images
       (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias Correction", 4.2).
+    weight_rounding: how each int8 convolution's weights are rounded to the scales the quantizer chose:
+      "nearest" (the quantizer's own), or "gptq": column by column, each column's rounding error spread over
+      the columns not yet rounded so as to keep the layer's output on calibration images (Frantar et al. 2022,
+      "GPTQ"; Optimal Brain Quantization). Same scales, zero points and int8 range: the graph is unchanged.
     """
 
     per_channel: bool = True
@@ -215,12 +223,19 @@ class Recipe:
     float_tail_convs: int = 0
     float_layers: Tuple[str, ...] = ()
     bias_correction: bool = False
+    weight_rounding: str = "nearest"        # nearest | gptq
+
+    def __post_init__(self):
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise UsageError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
+                             f"got {self.weight_rounding!r}")
 
     def describe(self) -> dict:
         return {"method": "static", "format": "QDQ", "weights": "int8", "activations": "uint8",
                 "per_channel": self.per_channel, "calibration_method": self.calibration_method,
                 "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
-                "float_layers": list(self.float_layers), "bias_correction": self.bias_correction}
+                "float_layers": list(self.float_layers), "bias_correction": self.bias_correction,
+                "weight_rounding": self.weight_rounding}
 
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
@@ -367,9 +382,11 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
         keep = float_nodes(graph, recipe)
         _quantize_static(prepared, raw, pixels, source.graph.input[0].name, recipe, keep, calibration_cache)
         model = onnx.load(str(raw))
+        rounded = _round_weights(prepared, model, pixels) if recipe.weight_rounding == "gptq" else 0
         corrected = _correct_biases(prepared, model, pixels) if recipe.bias_correction else 0
         stored = _int8_memory_features(model)
         info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep), bias_corrected_convs=corrected,
+                    gptq_rounded_convs=rounded,
                     float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep)}),
                     onnxruntime=ort.__version__)
         if stored:
@@ -465,6 +482,119 @@ def _correct_biases(prepared: Path, model, pixels: np.ndarray) -> int:
         initializers[bias.input[0]].CopyFrom(numpy_helper.from_array(
             np.clip(corrected, -2**31, 2**31 - 1).astype(np.int32), bias.input[0]))
     return len(targets)
+
+
+#: calibration images whose float activations give the GPTQ rounding its Hessians (Recipe.weight_rounding)
+GPTQ_IMAGES = 128
+#: added to each Hessian's diagonal, as a fraction of its mean diagonal (1% in Frantar et al. 2022 too)
+GPTQ_DAMPENING = 0.01
+#: the int8 values onnxruntime's symmetric weights take (-128 is never used)
+INT8_WEIGHT_RANGE = (-127, 127)
+
+
+def _conv_patches(x: np.ndarray, node, kernel: Tuple[int, int]) -> Optional[np.ndarray]:
+    """What each output position of the convolution `node` sees of its NCHW input `x`: (1, positions,
+    C*kh*kw) for a full convolution (im2col, in the weights' C, kh, kw order), (C, positions, kh*kw) for a
+    depthwise one. None for what is not handled here (auto_pad, dilations)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID") \
+            or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return None
+    (kh, kw), (sh, sw) = kernel, attrs.get("strides", [1, 1])
+    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]    # N, C, Ho, Wo, kh, kw
+    channels = x.shape[1]
+    if attrs.get("group", 1) > 1:
+        return windows.transpose(1, 0, 2, 3, 4, 5).reshape(channels, -1, kh * kw)
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(1, -1, channels * kh * kw)
+
+
+def _hessians(path: Path, convs: Sequence[Tuple[object, Tuple[int, ...]]], pixels: np.ndarray,
+              batch: int = 8) -> dict:
+    """{convolution name: H = sum of x x^T over the positions of its input patches, (1 or C, k, k)} for the
+    (float node, weight shape) pairs `convs` of the float graph at `path`, on `pixels`. Convolutions whose
+    patches `_conv_patches` cannot make are left out."""
+    import onnx
+
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    inner = sorted({node.input[0] for node, _ in convs} - {name})
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inner)
+    sess = _session_of(model.SerializeToString())
+    sums = {}
+    for i in range(0, len(pixels), batch):
+        x = pixels[i:i + batch].astype(np.float32)
+        values = dict(zip(inner, sess.run(inner, {name: x}) if inner else []), **{name: x})
+        for node, shape in convs:
+            patches = _conv_patches(values[node.input[0]], node, tuple(shape[2:]))
+            if patches is not None:
+                sums[node.name] = sums.get(node.name, 0.0) + np.matmul(patches.transpose(0, 2, 1), patches)
+    return sums
+
+
+def gptq_round(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero: np.ndarray,
+               damp: float = GPTQ_DAMPENING, bounds: Tuple[int, int] = INT8_WEIGHT_RANGE) -> np.ndarray:
+    """The integer weights (R, k) of float rows `w` (R, k) on the grid (q - zero) * scale (one scale and zero
+    per row, q within `bounds`) that GPTQ / Optimal Brain Quantization chooses (Frantar et al. 2022, alg. 1):
+    columns rounded one at a time, in order of decreasing Hessian diagonal where the rows share one Hessian
+    (hessian (1, k, k); (R, k, k): one per row, as for depthwise convolutions), each column's error spread
+    over the columns left, weighted by the inverse Hessian, which keeps x^T w on the calibration inputs."""
+    w, h = np.array(w, np.float64), np.array(hessian, np.float64)
+    scale = np.broadcast_to(np.where(scale > 0, scale, 1.0), w.shape[:1]).astype(np.float64)
+    zero = np.broadcast_to(zero, w.shape[:1]).astype(np.float64)
+    k, diag = w.shape[1], np.diagonal(h, axis1=1, axis2=2).copy()
+    dead = diag == 0                                    # inputs that were always 0: their weights do not matter
+    h[:, np.arange(k), np.arange(k)] += damp * diag.mean(axis=1, keepdims=True) + dead
+    w = np.where(dead, 0.0, w)
+    order = np.argsort(-diag[0], kind="stable") if len(h) == 1 else np.arange(k)
+    w, h = w[:, order], h[:, order][:, :, order]
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)    # H^-1 = U^T U, U upper
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(w / scale[:, None]) + zero[:, None], *bounds)[:, np.argsort(order)]
+    q = np.empty_like(w)
+    for i in range(k):
+        q[:, i] = np.clip(np.round(w[:, i] / scale) + zero, *bounds)
+        error = (w[:, i] - (q[:, i] - zero) * scale) / u[:, i, i]
+        w[:, i + 1:] -= error[:, None] * u[:, i, i + 1:]
+    return q[:, np.argsort(order)]
+
+
+def _round_weights(prepared: Path, model, pixels: np.ndarray) -> int:
+    """Recipe.weight_rounding "gptq" on `model` (the QDQ graph of the float graph at `prepared`), in place:
+    each int8 convolution's weight initializer rewritten by `gptq_round`, against its own scales and zero
+    points, with Hessians of the float graph's inputs on up to GPTQ_IMAGES calibration images. Returns how
+    many convolutions were rounded."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    source = onnx.load(str(prepared)).graph
+    weights = {i.name: i for i in source.initializer}
+    float_convs = {n.name: n for n in source.node if n.op_type == "Conv"}
+    initializers = {i.name: i for i in model.graph.initializer}
+    dequantize = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    targets = []
+    for node in model.graph.node:
+        dq = dequantize.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if dq is None or node.name not in float_convs or dq.input[0] not in initializers:
+            continue
+        w = numpy_helper.to_array(weights[float_convs[node.name].input[1]])
+        group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        if group == 1 or (w.shape[1] == 1 and group == w.shape[0]):     # full or depthwise, not other groups
+            targets.append((float_convs[node.name], dq, w))
+    hessians = _hessians(prepared, [(f, w.shape) for f, _, w in targets], pixels[:GPTQ_IMAGES])
+    done = 0
+    for node, dq, w in (t for t in targets if t[0].name in hessians):
+        scale = numpy_helper.to_array(initializers[dq.input[1]]).reshape(-1)
+        zero = numpy_helper.to_array(initializers[dq.input[2]]).reshape(-1) if len(dq.input) > 2 else np.zeros(1)
+        q = gptq_round(w.reshape(len(w), -1), hessians[node.name], scale, zero)
+        initializers[dq.input[0]].CopyFrom(numpy_helper.from_array(q.reshape(w.shape).astype(np.int8), dq.input[0]))
+        done += 1
+    return done
 
 
 def _int8_memory_features(model) -> int:
