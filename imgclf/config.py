@@ -25,8 +25,9 @@ JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
 MAX_PIXELS = 89_478_485
 #: colour that transparent pixels are composited on
 BACKGROUND = (255, 255, 255)
-#: image sizes allowed for the MobileNet family
-MOBILENET_SIZES = (96, 128, 160, 192, 224)
+#: image sizes allowed for the MobileNet family: the ImageNet weights' sizes, and larger ones for photos with
+#: small objects (the backbone is fully convolutional; issue 34, docs/benchmarks.md "Photo defaults")
+MOBILENET_SIZES = (96, 128, 160, 192, 224, 288, 320, 384, 448)
 
 AUGMENT_POLICIES = {
     # name: (flip, rotate degrees, shift fraction, zoom fraction, brightness fraction, contrast fraction,

@@ -61,3 +61,28 @@ def test_imgclf_train_on_colour_photos_uses_224_px(tmp_path):
     assert meta["preprocessing"]["image_size"] == [224, 224]
     assert meta["arch_choice"]["image_size"] == 224 and meta["arch_choice"]["chosen"] == "mobilenet_v2"
     assert meta["config"]["augment_policy"] == "style"
+
+
+@pytest.mark.parametrize("size,allowed", [(224, True), (384, True), (448, True), (300, False), (512, False)])
+def test_larger_photo_sizes_are_allowed_for_mobilenet(size, allowed):
+    """--image-size 288-448 for small objects in photos (docs/benchmarks.md, "Photo defaults"); others refused."""
+    from imgclf.architectures import get_architecture
+    from imgclf.errors import UsageError
+    from imgclf.train import choose_spec
+
+    arch = get_architecture("mobilenet_v2")
+    cfg = TrainConfig(arch="mobilenet_v2", image_size=size)
+    if allowed:
+        assert choose_spec(cfg, arch, _dataset(640, 480)).image_size == (size, size)
+    else:
+        with pytest.raises(UsageError, match=f"--image-size {size} is not allowed"):
+            choose_spec(cfg, arch, _dataset(640, 480))
+
+
+def test_a_448_px_mobilenet_builds_and_is_fully_convolutional():
+    """The backbone takes the larger sizes (random init: no weights file needed) and pools to one vector."""
+    from imgclf.architectures import get_architecture
+
+    cfg = TrainConfig(arch="mobilenet_v2", weights="none", alpha=0.35)
+    model = get_architecture("mobilenet_v2").build((448, 448, 3), 2, cfg)
+    assert model.get_layer("gap").output.shape[-1] == 1280 and model.output.shape[-1] == 2
