@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from imgclf.data.pipeline import decode
+from imgclf.data.pipeline import decode, make_dataset
 from imgclf.preprocessing import PreprocessingSpec
 
 
@@ -165,3 +165,26 @@ def test_a_damaged_npy_pixel_file_is_rebuilt(tmp_path, damage, budget):
     assert [e.path for e in again.problems] == [str(tmp_path / "data" / "broken.png")]
     third = decode(paths, [0] * len(paths), _spec(), cache_dir=tmp_path / "cache", **kw)
     assert third.from_cache and np.array_equal(np.asarray(third.pixels), expected)   # the rebuilt file is good
+
+
+def _passes(ds, n, batch, passes):
+    """The labels of `passes` epochs from a repeating dataset, one list per epoch."""
+    it, out = iter(ds), []
+    for _ in range(passes):
+        out.append([int(v) for _ in range(-(-n // batch)) for v in next(it)[1].numpy()])
+    return out
+
+
+def test_a_repeating_train_set_gives_every_image_once_an_epoch_in_a_new_seeded_order():
+    """model.fit with steps_per_epoch keeps one iterator for the whole fit (train.fit_phase): each pass is
+    still one epoch, every image exactly once, reshuffled, and the same for the same seed."""
+    pixels = np.zeros((10, 2, 2, 1), np.uint8)
+    labels = np.arange(10, dtype=np.int32)  # a label per image, to see which images an epoch drew
+    first = _passes(make_dataset(pixels, labels, 4, shuffle=True, seed=3, repeat=True), 10, 4, 3)
+    again = _passes(make_dataset(pixels, labels, 4, shuffle=True, seed=3, repeat=True), 10, 4, 3)
+    assert all(sorted(epoch) == list(range(10)) for epoch in first)
+    assert len({tuple(epoch) for epoch in first}) == 3
+    assert first == again
+    # not repeating: one pass, then the dataset ends (validation and test)
+    once = make_dataset(pixels, labels, 4)
+    assert sum(len(y) for _, y in once) == 10 and sum(len(y) for _, y in once) == 10
