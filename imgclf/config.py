@@ -134,6 +134,9 @@ OUTPUT_FORMAT = "table"                         # --format of the commands that 
 REPORT_IMAGES = 200                             # evaluate --report-images: thumbnails inlined in report.html
 PICTURE_IMAGES = 25                             # images in misclassified.png and disagreements.png
 INFERENCE_BATCH_SIZE = 64                       # images per batch when evaluate/compare/calibration run a model
+#: ... and at most this many pixels a batch (64 images of 224x224): larger inputs take smaller batches (448 px:
+#: 16). evaluate of a 448 px mobilenet_v2 in batches of 64 was killed at 23.8 GB of memory (issue 34)
+INFERENCE_BATCH_PIXELS = 64 * 224 * 224
 GATE_MIN_ACCURACY_DELTA = 0.0                   # models tag --gate --min-accuracy-delta
 
 # The files and folders imgclf writes (names users see in the registry and in --out folders)

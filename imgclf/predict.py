@@ -19,8 +19,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from imgclf.calibration import apply_temperature, check_probability, temperature_of
-from imgclf.config import (BACKENDS, DEFAULT_BACKEND, INFERENCE_BATCH_SIZE, OUTPUT_FORMATS, PRECISIONS,
-                           PREDICT_BATCH_SIZE, PREDICT_PRECISION, PREDICT_TOP_K)
+from imgclf.config import (BACKENDS, DEFAULT_BACKEND, INFERENCE_BATCH_PIXELS, INFERENCE_BATCH_SIZE, OUTPUT_FORMATS,
+                           PRECISIONS, PREDICT_BATCH_SIZE, PREDICT_PRECISION, PREDICT_TOP_K)
 from imgclf.errors import DataError, ImageError, UsageError
 from imgclf.data.files import InOrderMapper
 from imgclf.preprocessing import load_image
@@ -154,6 +154,10 @@ def expand_inputs(items: Sequence[str], stdin=None) -> Iterator[str]:
 
 def predict_probabilities(clf: Classifier, pixels: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE,
                           calibrated: bool = True) -> np.ndarray:
+    """Probabilities for every image, in batches of `batch_size` images, or fewer where the images are so
+    large that the batch would hold more than INFERENCE_BATCH_PIXELS pixels."""
+    if pixels.ndim == 4:
+        batch_size = max(1, min(batch_size, INFERENCE_BATCH_PIXELS // max(1, pixels.shape[1] * pixels.shape[2])))
     out = [clf.probabilities(pixels[i:i + batch_size], calibrated) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.class_names)), np.float32)
 

@@ -211,3 +211,26 @@ def test_predict_with_onnx_does_not_import_tensorflow(exported, images):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["code"] == 0 and json.loads(res["out"])[0]["label"] == items[0][1]
     assert res["tf"] is False
+
+
+def test_evaluate_batches_large_images_in_fewer_images_a_batch():
+    """evaluate/compare (predict_probabilities): 64 images a batch up to 224 px, fewer above, so a 448 px
+    model fits in memory (in batches of 64 it was killed at 23.8 GB)."""
+    import numpy as np
+
+    from imgclf.predict import predict_probabilities
+
+    class Counting:
+        class_names = ["a", "b"]
+
+        def __init__(self):
+            self.batches = []
+
+        def probabilities(self, batch, calibrated=True):
+            self.batches.append(len(batch))
+            return np.full((len(batch), 2), 0.5, np.float32)
+
+    small, large = Counting(), Counting()
+    assert predict_probabilities(small, np.zeros((100, 224, 224, 3), np.uint8)).shape == (100, 2)
+    assert predict_probabilities(large, np.zeros((40, 448, 448, 3), np.uint8)).shape == (40, 2)
+    assert small.batches == [64, 36] and large.batches == [16, 16, 8]

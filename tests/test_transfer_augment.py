@@ -276,7 +276,7 @@ def test_online_augmentation_is_applied_to_train_only_and_never_saved(tmp_path, 
 
     def spy(pixels, labels, *args, **kwargs):
         ds = real_make_dataset(pixels, labels, *args, **kwargs)
-        made.append((kwargs.get("shuffle", False), np.array(pixels), ds))
+        made.append((kwargs.get("shuffle", False), np.array(pixels), ds, kwargs.get("batch_size", args[0] if args else None)))
         return ds
 
     real_make_dataset = imgclf.train.make_dataset
@@ -291,14 +291,16 @@ def test_online_augmentation_is_applied_to_train_only_and_never_saved(tmp_path, 
     assert meta["config"]["augment_policy"] == "heavy" and meta["config"]["augment"]["rotate"] == 30.0
 
     # training inputs: augmented, and differently in each epoch (not one frozen augmented copy)
-    (train_pixels, train_ds), = [(p, ds) for shuffled, p, ds in made if shuffled]
+    (train_pixels, train_ds, train_batch), = [(p, ds, b) for shuffled, p, ds, b in made if shuffled]
     original = sorted(np.asarray(p, dtype=np.float32).tobytes() for p in train_pixels)
-    epoch_a, epoch_b = _image_set(train_ds), _image_set(train_ds)
+    # the train set repeats and fit keeps one iterator: two epochs are the next two passes of it
+    it, steps = iter(train_ds), -(-len(train_pixels) // train_batch)
+    epoch_a, epoch_b = (_image_set([next(it) for _ in range(steps)]) for _ in range(2))
     assert len(epoch_a) == len(epoch_b) == len(original)
     assert not set(epoch_a) & set(original), "training images reached the model unaugmented"
     assert epoch_a != epoch_b, "every epoch got the same augmented images"
     # validation inputs: the images as they are
-    val_sets = [(p, ds) for shuffled, p, ds in made if not shuffled]
+    val_sets = [(p, ds) for shuffled, p, ds, _ in made if not shuffled]
     assert val_sets
     for pixels, ds in val_sets:
         assert _image_set(ds) == sorted(np.asarray(p, dtype=np.float32).tobytes() for p in pixels)
