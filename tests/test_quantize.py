@@ -44,7 +44,9 @@ def _train(registry: Path, data: Path, name: str, *args) -> Path:
 def cnn(tmp_path_factory, split_colours):
     """The default architecture (cnn), 16 px, not yet exported: --quantize must export it first."""
     registry = tmp_path_factory.mktemp("q-registry")
-    path = _train(registry, split_colours, "cnn", "--epochs", 3, "--image-size", 16, "--batch-size", 8)
+    # 4 epochs: 3 reached 0.667 on seed 42 (1.0 on seeds 1 and 2) once the train set became one repeating
+    # dataset (a different seeded order); the int8 checks need a model that has learnt the colours
+    path = _train(registry, split_colours, "cnn", "--epochs", 4, "--image-size", 16, "--batch-size", 8)
     return registry, path
 
 

@@ -51,8 +51,10 @@ def test_train_plain_tree_makes_a_complete_version(tmp_path, gray_data, arch):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(r["loss"] and r["val_loss"] for r in rows)
     # each epoch's time split: its training steps and its validation pass, within the whole
-    assert all(0 < float(r["train_seconds"]) and 0 < float(r["val_seconds"])
-               and float(r["train_seconds"]) + float(r["val_seconds"]) <= float(r["seconds"]) for r in rows)
+    # (to 0.01 s: a tiny model's steps or validation can round to 0.00; the first epoch traces its graph)
+    assert float(rows[0]["train_seconds"]) > 0
+    assert all(0 <= float(r["train_seconds"]) and 0 <= float(r["val_seconds"])
+               and float(r["train_seconds"]) + float(r["val_seconds"]) <= float(r["seconds"]) + 0.01 for r in rows)
     assert list(registry.glob(".staging/*")) == []        # the run's staging folder became the version
 
     import keras
