@@ -393,5 +393,7 @@ DISTRIBUTED_SYNC_BATCHNORM = True
 #: optimizer steps Keras runs per call of its compiled train function under a strategy (model.compile's
 #: steps_per_execution: fewer Python round trips, log pulls and callback calls per epoch). 1: with Keras 3.15
 #: and TF 2.21 any value over 1 fails under MultiWorkerMirroredStrategy ("You must feed a value for
-#: placeholder tensor ... [Op:__inference_multi_step_on_iterator]", measured for issue 33)
+#: placeholder tensor ... [Op:__inference_multi_step_on_iterator]", measured for issue 33). Over 1 would also
+#: need an epoch's steps to be a multiple of it: the train set repeats (train.py), so a last call that took
+#: more batches than the epoch has left would take the next epoch's first ones
 DISTRIBUTED_STEPS_PER_EXECUTION = 1

@@ -295,8 +295,7 @@ class Distribution:
                         lambda r: i[size * r // replicas:size * (r + 1) // replicas])
 
                 steps = self.steps(n, batch)
-                if steps < -(-n // batch):
-                    idx = idx.take(steps)
+                idx = idx.take(steps)  # all the batches but a last one too small to share
                 # a known length: Keras counts the steps of an epoch (and needs it for steps_per_execution)
                 return idx.flat_map(slices).apply(tf.data.experimental.assert_cardinality(steps * local))
 

@@ -331,7 +331,8 @@ def fit_phase(model, phase: Phase, last: bool, arch: Architecture, cfg: TrainCon
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                        restore_best_weights=True, start_from_epoch=WARMUP_EPOCHS))
     with warnings.catch_warnings():
-        # several steps per execution: the epoch's last call finds fewer batches than it could take
+        # several steps per execution: validation's last call finds fewer batches than it could take (the
+        # train set repeats and never runs out)
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, class_weight=weights,
                   steps_per_epoch=steps_per_epoch, verbose=0)
