@@ -81,6 +81,8 @@ SaturationOpt = typer.Option(None, help="Max saturation change, fraction.")
 GrayscaleOpt = typer.Option(None, help="Probability of turning an image gray.")
 RandconvOpt = typer.Option(None, help="Probability of restyling an image by a random convolution (texture, "
                                       "shading, colours; shapes kept).")
+CropOpt = typer.Option(None, help="Random resized crop: keep a random rectangle of at least this share of the "
+                                  "image's area (aspect 3/4 to 4/3), resized back; 0 = off.")
 
 
 def ModelArg(default=..., help: str = MODEL_HELP):  # noqa: N802 (reads like typer.Argument)
@@ -203,6 +205,7 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
             saturation: Optional[float] = SaturationOpt,
             grayscale: Optional[float] = GrayscaleOpt,
             randconv: Optional[float] = RandconvOpt,
+            crop: Optional[float] = CropOpt,
             seed: int = typer.Option(C.DEFAULT_SEED, help="Random seed."),
             mode: SplitMode = typer.Option(C.SPLIT_MODE, help="How originals are placed in DEST."),
             force: bool = typer.Option(False, "--force", help="Write into a non-empty DEST."),
@@ -212,7 +215,8 @@ def augment(src: Path = typer.Argument(..., help="Class-folder tree, or a split 
 
     cfg = C.AugmentConfig.from_options(policy, option="--policy", flip=flip, rotate=rotate, shift=shift, zoom=zoom,
                                        brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
-                                       grayscale=grayscale, shift_px=shift_px, randconv=randconv)
+                                       grayscale=grayscale, shift_px=shift_px, randconv=randconv,
+                                       crop=crop)
     rep = _reporter(quiet)
     with rep.progress("augmenting", total=None) as advance:
         result = augment_folder(src, dest, cfg, per_image=per_image, target_per_class=target_per_class,
@@ -350,6 +354,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
           saturation: Optional[float] = SaturationOpt,
           grayscale: Optional[float] = GrayscaleOpt,
           randconv: Optional[float] = RandconvOpt,
+          crop: Optional[float] = CropOpt,
           class_weight: ClassWeight = typer.Option(TRAIN.class_weight, help="auto: inverse class frequency."),
           memory: Optional[float] = typer.Option(
               TRAIN.memory, help="Weight, 0 to 1, of a vote of the most similar training images (their features "
@@ -380,7 +385,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
         raise UsageError("give DATA (a folder of class folders) or --resume RUN")
     overrides = {k: v for k, v in dict(flip=flip, rotate=rotate, shift=shift, shift_px=shift_px, zoom=zoom,
                                        brightness=brightness, contrast=contrast, hue=hue, saturation=saturation,
-                                       grayscale=grayscale, randconv=randconv).items() if v is not None}
+                                       grayscale=grayscale, randconv=randconv, crop=crop).items() if v is not None}
     aug = C.AugmentConfig.from_options(augment or "none", **overrides)  # checked now, resolved with the arch
     cfg = C.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, channels=channels,
                         lr=lr, lr_schedule=lr_schedule, label_smoothing=label_smoothing, seed=seed, val_split=val_split, patience=patience, name=name, weights=weights,

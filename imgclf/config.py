@@ -32,28 +32,30 @@ MOBILENET_SIZES = (96, 128, 160, 192, 224, 288, 320, 384, 448)
 AUGMENT_POLICIES = {
     # name: (flip, rotate degrees, shift fraction, zoom fraction, brightness fraction, contrast fraction,
     #        hue fraction of a turn, saturation fraction, grayscale probability, shift in whole pixels,
-    #        probability of a random-convolution restyle)
+    #        probability of a random-convolution restyle, smallest area share of a random resized crop)
     "none": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
-                 hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
+                 hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0, crop=0.0),
     # the default from scratch (runs of COSINE_MIN_STEPS or more): every image moved by up to 1 whole pixel,
     # nothing else (Fashion-MNIST, 9 epochs: +0.13-0.15 val and +0.2 test accuracy on two seeds at the same
     # CPU, and the cnn no longer fits its training images by then, so more epochs pay; docs/benchmarks-history.md)
     "pixel": dict(flip="none", rotate=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
-                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=1, randconv=0.0),
+                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=1, randconv=0.0, crop=0.0),
     "light": dict(flip="horizontal", rotate=5.0, shift=0.05, zoom=0.05, brightness=0.0, contrast=0.0,
-                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
+                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0, crop=0.0),
     "medium": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1,
-                   hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
+                   hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0, crop=0.0),
     # the default pretrained: medium, and half the images restyled by a random convolution (RandConv: texture,
     # shading and colours changed, shapes kept). Emoji google -> style proxy, mean of 3 seeds: +1.6 points on
     # the proxy and +1.2 on google val over medium at 1.07x the CPU (docs/benchmarks-history.md, eleventh session)
     "style": dict(flip="horizontal", rotate=15.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1,
-                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.5),
+                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.5, crop=0.0),
     "heavy": dict(flip="horizontal", rotate=30.0, shift=0.2, zoom=0.2, brightness=0.25, contrast=0.25,
-                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0),
+                  hue=0.0, saturation=0.0, grayscale=0.0, shift_px=0, randconv=0.0, crop=0.0),
 }
 #: the colour operations (hue, saturation, grayscale) change RGB images only; grayscale images pass unchanged
 COLOR_OPS = ("hue", "saturation", "grayscale")
+#: the smallest --crop (share of the image area a random resized crop keeps; torchvision's default scale starts here)
+MIN_CROP_AREA = 0.08
 #: the largest --shift-px
 MAX_SHIFT_PX = 64
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
@@ -179,6 +181,7 @@ class AugmentConfig:
     grayscale: float = 0.0    # probability that an image is turned gray (kept 3 channels)
     shift_px: int = 0         # move by up to this many whole pixels in x and y, zero-filled (no resampling)
     randconv: float = 0.0     # probability that an image is restyled by a random convolution (augment.py)
+    crop: float = 0.0         # random resized crop: keep U(crop, 1) of the area, aspect 3/4..4/3, resized back
 
     @classmethod
     def from_options(cls, policy: str = "none", option: str = "--augment", **overrides) -> "AugmentConfig":
@@ -202,6 +205,8 @@ class AugmentConfig:
         _check_fraction("saturation", self.saturation, 0.0, 1.0)
         _check_fraction("grayscale", self.grayscale, 0.0, 1.0)
         _check_fraction("randconv", self.randconv, 0.0, 1.0)
+        if self.crop != 0.0 and not MIN_CROP_AREA <= self.crop <= 1.0:
+            raise UsageError(f"--crop must be 0 (off) or between {MIN_CROP_AREA} and 1.0, got {self.crop}")
         if self.shift_px != int(self.shift_px) or not 0 <= self.shift_px <= MAX_SHIFT_PX:
             raise UsageError(f"--shift-px must be a whole number from 0 to {MAX_SHIFT_PX}, got {self.shift_px}")
         self.shift_px = int(self.shift_px)
@@ -209,7 +214,7 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         return self.flip != "none" or any(
-            getattr(self, n) > 0 for n in ("rotate", "shift", "zoom", "brightness", "contrast", "shift_px", "randconv") + COLOR_OPS)
+            getattr(self, n) > 0 for n in ("rotate", "shift", "zoom", "brightness", "contrast", "shift_px", "randconv", "crop") + COLOR_OPS)
 
 
 @dataclass

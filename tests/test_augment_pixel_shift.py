@@ -65,7 +65,7 @@ def test_the_pixel_policy_is_the_default_from_scratch_except_in_short_runs(tmp_p
     assert (config["batch_size"], config["lr"]) == (128, 2e-3)  # long even at batch 128: 2 epochs of 1 step
     assert config["augment"] == {"flip": "none", "rotate": 0.0, "shift": 0.0, "zoom": 0.0, "brightness": 0.0,
                                  "contrast": 0.0, "hue": 0.0, "saturation": 0.0, "grayscale": 0.0,
-                                 "shift_px": 1, "randconv": 0.0}
+                                 "shift_px": 1, "randconv": 0.0, "crop": 0.0}
     given = train(3, "--augment", "none")
     assert given["augment_policy"] == "none" and given["augment"]["shift_px"] == 0  # what the user says wins
     assert (train(4, "--batch-size", "4")["batch_size"], train(5, "--lr", "0.01")["lr"]) == (4, 0.01)

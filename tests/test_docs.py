@@ -90,9 +90,9 @@ def test_augmentation_policies_are_documented_with_their_values():
     for name, values in AUGMENT_POLICIES.items():
         cells = rows[name]
         assert cells[0].strip("`") == values["flip"], (name, cells)
-        documented = [float(c.rstrip("°")) for c in cells[1:11]]
+        documented = [float(c.rstrip("°")) for c in cells[1:12]]
         actual = [values[k] for k in ("rotate", "shift", "zoom", "brightness", "contrast", "hue", "saturation",
-                                      "grayscale", "shift_px", "randconv")]
+                                      "grayscale", "shift_px", "randconv", "crop")]
         assert documented == pytest.approx(actual), f"docs/augmentation.md, policy {name}: {cells} != {values}"
 
 

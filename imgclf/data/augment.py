@@ -35,6 +35,8 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
     if cfg.flip != "none":
         mode = {"horizontal": "horizontal", "vertical": "vertical", "both": "horizontal_and_vertical"}[cfg.flip]
         ops.append(layers.RandomFlip(mode, seed=seed))
+    if cfg.crop > 0:
+        ops.append(_random_resized_crop_class()(cfg.crop, seed=seed + 7, name="random_resized_crop"))
     if cfg.shift_px > 0:
         ops.append(_random_pixel_shift_class()(cfg.shift_px, seed=seed + 3, name="random_pixel_shift"))
     if cfg.rotate > 0 or cfg.shift > 0 or cfg.zoom > 0:
@@ -101,6 +103,54 @@ def _random_affine_class(keras):
                     "zoom": self.zoom, "seed": self.seed}
 
     return RandomAffine
+
+
+@keras_class
+def _random_resized_crop_class(keras):
+    """keras.layers.Layer: per image, a random rectangle of U(min_area, 1) of the image's area, aspect ratio
+    log-uniform in 3/4..4/3 (clipped to the image), at a uniform place, resized back to the input size in one
+    bilinear resampling: torchvision's RandomResizedCrop, on the already resized image (the pipeline caches
+    images at the model's size), so a crop magnifies rather than reads finer detail. It never reaches outside
+    the image, so no border is invented."""
+    import math
+
+    ops = keras.ops
+
+    class RandomResizedCrop(keras.layers.Layer):
+        def __init__(self, min_area=0.08, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.min_area = float(min_area)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            dtype = images.dtype
+            shape = ops.shape(images)
+            n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+            area = keras.random.uniform((n,), self.min_area, 1.0, seed=self.generator)
+            log_ratio = keras.random.uniform((n,), math.log(3 / 4), math.log(4 / 3), seed=self.generator)
+            ratio = ops.exp(log_ratio)
+            # crop sides as fractions of the image's sides (width/height = ratio in the image's own aspect)
+            fw = ops.minimum(ops.sqrt(area * ratio), 1.0)
+            fh = ops.minimum(ops.sqrt(area / ratio), 1.0)
+            x0 = keras.random.uniform((n,), 0.0, 1.0, seed=self.generator) * (1.0 - fw) * (w - 1.0)
+            y0 = keras.random.uniform((n,), 0.0, 1.0, seed=self.generator) * (1.0 - fh) * (h - 1.0)
+            # output pixel -> input pixel: x_in = x0 + fw * x_out, y_in = y0 + fh * y_out
+            zeros = ops.zeros((n,))
+            transform = ops.stack([fw, zeros, x0, zeros, fh, y0, zeros, zeros], axis=1)
+            out = ops.image.affine_transform(ops.cast(images, "float32"), transform, interpolation="bilinear",
+                                             fill_mode="nearest", data_format="channels_last")
+            return ops.cast(out, dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "min_area": self.min_area, "seed": self.seed}
+
+    return RandomResizedCrop
 
 
 @keras_class
