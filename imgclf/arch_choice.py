@@ -7,7 +7,10 @@ cnn. `--weights imagenet|PATH` says that a pretrained network is wanted, whateve
 none` that it is not. The choice and its reason are said on stderr and recorded in metadata.json
 ("arch_choice"). A pretrained network on photos (typical short side at least PHOTO_MIN_SIDE px) reads them
 at PHOTO_IMAGE_SIZE px rather than the pretrained default of 160, unless --image-size is given: small
-objects anywhere in the frame keep more pixels (recorded as arch_choice["image_size"] and its reason).
+objects anywhere in the frame keep more pixels (recorded as arch_choice["image_size"] and its reason). On
+fewer than PHOTO_SMALL_SET["images"] training photos it reads them at PHOTO_SMALL_SET["image_size"] px and
+also fine-tunes deeper and longer, unless --fine-tune-layers / --fine-tune-epochs are given
+(arch_choice["fine_tune"] and its reason).
 When the ImageNet weights cannot be downloaded, auto stops with the two ways out
 instead of quietly training something else.
 """
@@ -17,8 +20,8 @@ import statistics
 from dataclasses import replace
 from typing import Optional
 
-from imgclf.config import (AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PHOTO_IMAGE_SIZE, PHOTO_MIN_SIDE, PRETRAINED_ARCH,
-                           TrainConfig)
+from imgclf.config import (AUTO_ARCH, AUTO_PRETRAINED_MIN_SIZE, PHOTO_IMAGE_SIZE, PHOTO_MIN_SIDE, PHOTO_SMALL_SET,
+                           PRETRAINED_ARCH, TrainConfig)
 from imgclf.data.scan import Dataset
 from imgclf.errors import UsageError, WeightsUnavailable
 from imgclf.preprocessing import is_grayscale_mode
@@ -28,8 +31,8 @@ SCRATCH_ARCH = "cnn"
 
 def choose(cfg: TrainConfig, train: Dataset) -> TrainConfig:
     """A new TrainConfig with cfg.arch resolved ("auto" -> a registered name), the choice and its reason in
-    arch_choice, and the photo input size where it applies (`cfg` is not changed). A run being resumed
-    keeps the choice it made when it started."""
+    arch_choice, and the photo input size and fine-tuning where they apply (`cfg` is not changed). A run
+    being resumed keeps the choice it made when it started."""
     if cfg.arch_choice is not None:
         return cfg
     if cfg.arch != AUTO_ARCH:
@@ -37,31 +40,42 @@ def choose(cfg: TrainConfig, train: Dataset) -> TrainConfig:
     else:
         chosen, reason = _decide(cfg, train)
         choice = {"requested": AUTO_ARCH, "chosen": chosen, "reason": reason}
-    size, why = _photo_size(cfg, choice["chosen"], train)
-    if size is None:
-        return replace(cfg, arch=choice["chosen"], arch_choice=choice)
-    choice.update(image_size=size, image_size_reason=why)
-    return replace(cfg, arch=choice["chosen"], arch_choice=choice, image_size=size)
+    photo_side = _photo_side(cfg, choice["chosen"], train)
+    changes = {}
+    small = len(train.samples) < PHOTO_SMALL_SET["images"]
+    if photo_side is not None and cfg.image_size is None:
+        size = PHOTO_SMALL_SET["image_size"] if small else PHOTO_IMAGE_SIZE
+        changes["image_size"] = size
+        choice.update(image_size=size, image_size_reason=(
+            f"photos of {photo_side} px typical (at least {PHOTO_MIN_SIDE} px"
+            + (f", under {PHOTO_SMALL_SET['images']:,} of them" if small else "")
+            + f"): read at {size} px, so small objects keep their detail"))
+    if photo_side is not None and small:
+        deeper = {k: PHOTO_SMALL_SET[k] for k in ("fine_tune_layers", "fine_tune_epochs") if getattr(cfg, k) is None}
+        if deeper:
+            changes.update(deeper)
+            choice.update(fine_tune=deeper, fine_tune_reason=(
+                f"under {PHOTO_SMALL_SET['images']:,} training photos: fine-tuning "
+                + " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in deeper.items())))
+    return replace(cfg, arch=choice["chosen"], arch_choice=choice, **changes)
 
 
-def _photo_size(cfg: TrainConfig, arch_name: str, train: Dataset):
-    """A pretrained network on photos: (PHOTO_IMAGE_SIZE, the reason) unless --image-size was given;
-    else (None, None)."""
+def _photo_side(cfg: TrainConfig, arch_name: str, train: Dataset) -> Optional[int]:
+    """The typical (median) short side of the training images when a pretrained network is to read them and
+    they are photos (at least PHOTO_MIN_SIDE px); else None."""
     from imgclf.architectures import get_architecture
 
-    if cfg.image_size is not None or not train.samples:
-        return None, None
+    if not train.samples:
+        return None
     try:
         arch = get_architecture(arch_name)
     except UsageError:  # an unknown --arch: train reports it
-        return None, None
-    if not arch.starts_pretrained(cfg.weights) or (arch.allowed_sizes and PHOTO_IMAGE_SIZE not in arch.allowed_sizes):
-        return None, None
+        return None
+    sizes = (PHOTO_IMAGE_SIZE, PHOTO_SMALL_SET["image_size"])
+    if not arch.starts_pretrained(cfg.weights) or (arch.allowed_sizes and not set(sizes) <= set(arch.allowed_sizes)):
+        return None
     size = int(statistics.median(min(s.width, s.height) for s in train.samples))
-    if size < PHOTO_MIN_SIDE:
-        return None, None
-    return PHOTO_IMAGE_SIZE, (f"photos of {size} px typical (at least {PHOTO_MIN_SIDE} px): read at "
-                              f"{PHOTO_IMAGE_SIZE} px, so small objects keep their detail")
+    return size if size >= PHOTO_MIN_SIDE else None
 
 
 def _decide(cfg: TrainConfig, train: Dataset):
@@ -96,6 +110,8 @@ def describe(choice: dict) -> Optional[str]:
     line = f"--arch auto chose {choice['chosen']}: {choice['reason']} (pass {other} to override)"
     if choice.get("image_size"):
         line += f"; {choice['image_size_reason']} (pass --image-size 160 to override)"
+    if choice.get("fine_tune"):
+        line += f"; {choice['fine_tune_reason']} (pass them to override)"
     return line
 
 

@@ -299,11 +299,11 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                    f"{C.COSINE_MIN_STEPS:,} steps or more at that batch; "
                                                    f"pretrained on under {C.PRETRAINED_SMALL_SET['images']:,} "
                                                    f"images {C.PRETRAINED_SMALL_SET['batch_size']})."),
-          image_size: Optional[int] = typer.Option(TRAIN.image_size, help="Square input size (default: from the "
-                                                                         "data for cnn/mlp, "
-                                                                         f"{C.PRETRAINED_DEFAULTS['image_size']} "
-                                                                         "for pretrained MobileNet, 224 with "
-                                                                         "--weights none)."),
+          image_size: Optional[int] = typer.Option(
+              TRAIN.image_size, help="Square input size (default: from the data for cnn/mlp, "
+              f"{C.PRETRAINED_DEFAULTS['image_size']} for pretrained MobileNet, {C.PHOTO_IMAGE_SIZE} on photos "
+              f"(short side {C.PHOTO_MIN_SIDE} px or more), {C.PHOTO_SMALL_SET['image_size']} on under "
+              f"{C.PHOTO_SMALL_SET['images']:,} training photos; 224 with --weights none)."),
           channels: Optional[int] = typer.Option(TRAIN.channels, help="1 or 3 (default: 1 when every image is "
                                                                      "grayscale)."),
           lr: Optional[float] = typer.Option(TRAIN.lr, help="Learning rate (Adam; default: "
@@ -330,13 +330,14 @@ def train(data: Optional[Path] = typer.Argument(None, help="Split root (train/ +
                                                                     "--arch auto, imagenet or PATH picks "
                                                                     "mobilenet_v2."),
           alpha: float = typer.Option(TRAIN.alpha, help="MobileNet width multiplier."),
-          fine_tune_epochs: Optional[int] = typer.Option(TRAIN.fine_tune_epochs, help="Pretrained MobileNet: "
-                                                                                      "epochs of phase 2 (top of "
-                                                                                      "the backbone unfrozen, "
-                                                                                      f"lr/10; default {C.PRETRAINED_DEFAULTS['fine_tune_epochs']})."),
-          fine_tune_layers: float = typer.Option(TRAIN.fine_tune_layers, help="MobileNet phase 2: backbone "
-                                                                              "layers to unfreeze (N, or a "
-                                                                              "fraction < 1)."),
+          fine_tune_epochs: Optional[int] = typer.Option(
+              TRAIN.fine_tune_epochs, help="Pretrained MobileNet: epochs of phase 2 (top of the backbone unfrozen, "
+              f"lr/10; default {C.PRETRAINED_DEFAULTS['fine_tune_epochs']}, on photos in sets of under "
+              f"{C.PHOTO_SMALL_SET['images']:,} training images {C.PHOTO_SMALL_SET['fine_tune_epochs']})."),
+          fine_tune_layers: Optional[float] = typer.Option(
+              TRAIN.fine_tune_layers, help="MobileNet phase 2: backbone layers to unfreeze (N, or a fraction < 1; "
+              f"default {C.PRETRAINED_DEFAULTS['fine_tune_layers']:g}, on photos in sets of under "
+              f"{C.PHOTO_SMALL_SET['images']:,} training images {C.PHOTO_SMALL_SET['fine_tune_layers']:g})."),
           augment: Optional[Policy] = typer.Option(TRAIN.augment_policy, help="Online augmentation policy (the "
                                                                               "options below override it; "
                                                                               f"default: {C.SCRATCH_DEFAULTS['augment_policy']} "

@@ -36,8 +36,8 @@ def test_auto_choice_and_reason(mode, width, height, weights, chosen, words):
     cfg = arch_choice.choose(TrainConfig(weights=weights), _dataset(mode, width, height))
     choice = cfg.arch_choice
     assert cfg.arch == chosen
-    # (photos of 224 px or more also get "image_size" keys: tests/test_photo_defaults.py)
-    assert {k: v for k, v in choice.items() if not k.startswith("image_size")} == {
+    # (photos of 224 px or more also get "image_size" and "fine_tune" keys: tests/test_photo_defaults.py)
+    assert {k: v for k, v in choice.items() if not k.startswith(("image_size", "fine_tune"))} == {
         "requested": "auto", "chosen": chosen, "reason": choice["reason"]}
     assert words in choice["reason"]
 
