@@ -250,6 +250,19 @@ def assert_augment_option_refused(tmp_path: Path, option: str, value: str, messa
     assert not (tmp_path / "out").exists() and not (tmp_path / "reg").exists()
 
 
+def augmented_differences(out: Path, same_shape: bool = False):
+    """Mean absolute pixel difference of each `imgclf augment` output (*_augN.png) in `out` from its original
+    copy beside it; with `same_shape`, also assert that each keeps its original's size."""
+    diffs = []
+    for f in Path(out).rglob("*_aug*.png"):
+        orig = f.with_name(f.name.split("_aug")[0] + ".png")
+        a, b = (np.asarray(Image.open(p).convert("RGB")).astype(float) for p in (f, orig))
+        if same_shape:
+            assert a.shape == b.shape, f
+        diffs.append(np.abs(a - b).mean())
+    return diffs
+
+
 def make_tree(root: Path, counts: Dict[str, int], mode: str = "RGB", size=(16, 16), seed: int = 0,
               ext: str = ".png") -> Path:
     """root/<class>/img_NNN<ext>. Classes are easy to tell apart: colours (red/green/blue) in RGB, brightness

@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import assert_augment_option_refused, cli, make_tree
+from conftest import assert_augment_option_refused, augmented_differences, cli, make_tree
 
 
 def _augment(x, seed=3, training=True, **ops):
@@ -66,12 +65,7 @@ def test_offline_crop_writes_cropped_files_and_training_records_it(tmp_path):
     r = cli("augment", tmp_path / "raw", tmp_path / "out", "--per-image", "2", "--policy", "none", "--crop", "0.2")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["augmented"] == 12
-    diffs = []
-    for f in (tmp_path / "out").rglob("*_aug*.png"):
-        orig = f.with_name(f.name.split("_aug")[0] + ".png")
-        a, b = (np.asarray(Image.open(p).convert("RGB")).astype(float) for p in (f, orig))
-        assert a.shape == b.shape            # resized back to the image's size
-        diffs.append(np.abs(a - b).mean())
+    diffs = augmented_differences(tmp_path / "out", same_shape=True)   # resized back to the image's size
     assert len(diffs) == 12 and sum(d > 1.0 for d in diffs) >= 9, diffs
     r = cli("train", tmp_path / "raw", "--arch", "mlp", "--epochs", "1", "--image-size", "16", "--patience", "0",
             "--augment", "none", "--crop", "0.5", "--registry", tmp_path / "reg", "--name", "c", "--format", "json")

@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import assert_augment_option_refused, cli, make_tree
+from conftest import assert_augment_option_refused, augmented_differences, cli, make_tree
 
 
 def _augment(x, seed=3, **ops):
@@ -84,11 +83,7 @@ def test_offline_randconv_writes_restyled_files_and_training_records_it(tmp_path
             "--randconv", "1")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["augmented"] == 12
-    diffs = []
-    for f in (tmp_path / "out").rglob("*_aug*.png"):
-        orig = f.with_name(f.name.split("_aug")[0] + ".png")
-        a, b = (np.asarray(Image.open(p).convert("RGB")).astype(float) for p in (f, orig))
-        diffs.append(np.abs(a - b).mean())
+    diffs = augmented_differences(tmp_path / "out")
     assert len(diffs) == 12 and sum(d > 1.0 for d in diffs) >= 9, diffs
     r = cli("train", tmp_path / "raw", "--arch", "mlp", "--epochs", "1", "--image-size", "16", "--patience", "0",
             "--augment", "none", "--randconv", "0.3", "--registry", tmp_path / "reg", "--name", "c",

@@ -52,6 +52,16 @@ def build_augmenter(cfg: AugmentConfig, seed: int):
     return keras.Sequential(ops, name="augmentation")
 
 
+def _resample(ops, images, row_x, row_y, **options):
+    """Each image resampled by its own affine map, output pixel (x, y) -> input pixel
+    (row_x . (x, y, 1), row_y . (x, y, 1)), each row three (n,) tensors; `options` for
+    ops.image.affine_transform (interpolation, fill_mode, fill_value). Keeps the images' dtype."""
+    zeros = ops.zeros_like(row_x[0])
+    transform = ops.stack([*row_x, *row_y, zeros, zeros], axis=1)
+    out = ops.image.affine_transform(ops.cast(images, "float32"), transform, data_format="channels_last", **options)
+    return ops.cast(out, images.dtype)
+
+
 @keras_class
 def _random_affine_class(keras):
     """keras.layers.Layer: per image, rotate by U(-deg, +deg), shift by U(-f, +f) of each side and scale
@@ -72,7 +82,6 @@ def _random_affine_class(keras):
         def call(self, images, training=True):
             if not training:
                 return images
-            dtype = images.dtype
             shape = ops.shape(images)
             n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
 
@@ -89,11 +98,7 @@ def _random_affine_class(keras):
             ox, oy = cx + tx, cy + ty
             a2 = cx - a0 * ox - a1 * oy
             b2 = cy - b0 * ox - b1 * oy
-            zeros = ops.zeros((n,))
-            transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-            out = ops.image.affine_transform(ops.cast(images, "float32"), transform, interpolation="bilinear",
-                                             fill_mode="reflect", data_format="channels_last")
-            return ops.cast(out, dtype)
+            return _resample(ops, images, (a0, a1, a2), (b0, b1, b2), interpolation="bilinear", fill_mode="reflect")
 
         def compute_output_shape(self, input_shape):
             return input_shape
@@ -126,7 +131,6 @@ def _random_resized_crop_class(keras):
         def call(self, images, training=True):
             if not training:
                 return images
-            dtype = images.dtype
             shape = ops.shape(images)
             n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
             area = keras.random.uniform((n,), self.min_area, 1.0, seed=self.generator)
@@ -139,10 +143,8 @@ def _random_resized_crop_class(keras):
             y0 = keras.random.uniform((n,), 0.0, 1.0, seed=self.generator) * (1.0 - fh) * (h - 1.0)
             # output pixel -> input pixel: x_in = x0 + fw * x_out, y_in = y0 + fh * y_out
             zeros = ops.zeros((n,))
-            transform = ops.stack([fw, zeros, x0, zeros, fh, y0, zeros, zeros], axis=1)
-            out = ops.image.affine_transform(ops.cast(images, "float32"), transform, interpolation="bilinear",
-                                             fill_mode="nearest", data_format="channels_last")
-            return ops.cast(out, dtype)
+            return _resample(ops, images, (fw, zeros, x0), (zeros, fh, y0), interpolation="bilinear",
+                             fill_mode="nearest")
 
         def compute_output_shape(self, input_shape):
             return input_shape
@@ -170,16 +172,13 @@ def _random_pixel_shift_class(keras):
         def call(self, images, training=True):
             if not training:
                 return images
-            dtype = images.dtype
             n = ops.shape(images)[0]
             t = ops.cast(keras.random.randint((n, 2), -self.max_px, self.max_px + 1, seed=self.generator),
                          "float32")
             one, zero = ops.ones((n,)), ops.zeros((n,))
             # output pixel (x, y) <- input pixel (x + tx, y + ty): an integer offset, read by nearest neighbour
-            transform = ops.stack([one, zero, t[:, 0], zero, one, t[:, 1], zero, zero], axis=1)
-            out = ops.image.affine_transform(ops.cast(images, "float32"), transform, interpolation="nearest",
-                                             fill_mode="constant", fill_value=0, data_format="channels_last")
-            return ops.cast(out, dtype)
+            return _resample(ops, images, (one, zero, t[:, 0]), (zero, one, t[:, 1]), interpolation="nearest",
+                             fill_mode="constant", fill_value=0)
 
         def compute_output_shape(self, input_shape):
             return input_shape
