@@ -8,6 +8,7 @@ nearest-neighbour memory the default adds).
     python bench/int8_pretrained.py precision MODEL_DIR... [--extra DIR...]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
     python bench/int8_pretrained.py compare MODEL_DIR... --extra DIR... --recipes NAME... [--rounds R] [--seconds S]
+    python bench/int8_pretrained.py fallback MODEL_DIR... --extra DIR... [--margins M...] [--margin M] [--rounds R]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
 metadata.json says.
@@ -31,6 +32,11 @@ report: `imgclf export NAME --quantize int8 --force` with the defaults (the reci
 compare: each named recipe (e.g. the default scale-stem-bc against scale-stem-bc-gptq) quantized as `imgclf
   export` does (its 300 calibration images), scored on val+ (the recipe is chosen on these) and on the test
   split (reported only), then batch-1 speed, fp32 and int8 interleaved (--rounds), as report.
+fallback: the default int8 file with a float fallback for close calls (imgclf/fallback.py): top-1 agreement,
+  accuracy and the share of images answered in float against the margin, on val+ (the margin is chosen on
+  these); then the real fallback file at --margin on val+ and test, and batch-1 speed over the test split's
+  images (each image at least once: the fallback's cost depends on the image), fp32, int8 and fallback
+  interleaved (--rounds), medians of the ratios to fp32.
 Prints human lines, then one JSON line.
 """
 from __future__ import annotations
@@ -392,10 +398,125 @@ def compare(args) -> None:
     lines.append("command: python bench/int8_pretrained.py " + " ".join(sys.argv[1:]))
     C.emit("int8_pretrained_compare", lines, record)
 
+#: a timed child over real images (the fallback's cost depends on the image: a random-pixel batch says nothing)
+IMAGES_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, onnxruntime as ort
+path, pixels, seconds = sys.argv[1], np.load(sys.argv[2]), float(sys.argv[3])
+opts = ort.SessionOptions()
+opts.log_severity_level = 3
+sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+name = sess.get_inputs()[0].name
+x = pixels.astype(np.float32)
+for i in range(3):
+    sess.run(None, {name: x[i:i + 1]})
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+n, w0, c0 = 0, time.perf_counter(), cpu()
+while time.perf_counter() - w0 < seconds or n < len(x):
+    sess.run(None, {name: x[n % len(x)][None]})
+    n += 1
+print(json.dumps({"images": n, "wall": time.perf_counter() - w0, "cpu": cpu() - c0}))
+"""
+
+
+def _speed_on(model: Path, pixels_npy: Path, seconds: float) -> dict:
+    """Batch-1 images/s and CPU ms per image of `model` over the images of `pixels_npy` (each at least once)."""
+    d = C.run_child([sys.executable, "-c", IMAGES_CHILD, str(model), str(pixels_npy), str(seconds)]).json_line()
+    return {"images_per_s": d["images"] / d["wall"], "cpu_ms_per_image": 1000 * d["cpu"] / d["images"]}
+
+
+def fallback(args) -> None:
+    """The int8 file with a float fallback for close calls (imgclf/fallback.py): agreement, accuracy and the
+    fallback share against the margin on val+ (the margin is chosen on these), then, at --margin, the real
+    file's figures on val+ and test and its batch-1 speed over the test images, fp32, int8 and fallback
+    interleaved."""
+    import onnx
+
+    from imgclf import fallback as F
+    from imgclf import quantize as Q
+    from imgclf import registry
+
+    lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "margin": args.margin,
+                         "margins": args.margins, "models": {}}
+    for k, model_dir in enumerate(map(Path, args.models)):
+        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+        calib, test = Q.prepare_images(ref)
+        sets = {"val+": _val_images(ref, Q._model_splits(ref, "--check DIR"), args.extra[k] if args.extra else None),
+                "test": test}
+        work = Path(tempfile.mkdtemp(prefix="int8-fallback-"))
+        entry = {"sweep": {}, "file": {}}
+        try:
+            int8 = work / "int8.onnx"
+            Q.quantize_file(ref.onnx_path, int8, calib.pixels, Q.recipe_for(ref.metadata))
+            probs = {s: (Q._probabilities(ref.onnx_path, im.pixels), Q._probabilities(int8, im.pixels))
+                     for s, im in sets.items()}
+            for m in args.margins:
+                row = {}
+                for s, (p32, p8) in probs.items():
+                    if s == "test":
+                        continue   # the margin is chosen on val+ only
+                    y = sets[s].labels
+                    pf = F.simulate(p32, p8, m)
+                    row[s] = {"agreement": float(np.mean(pf.argmax(1) == p32.argmax(1))),
+                              "fallback": float(np.mean(F.close_calls(p8, m))),
+                              "fp32_accuracy": float(np.mean(p32.argmax(1) == y)),
+                              "accuracy": float(np.mean(pf.argmax(1) == y))}
+                entry["sweep"][m] = row
+                v = row["val+"]
+                line = (f"{model_dir} margin {m:g}: val+ {len(sets['val+'].labels)}: agreement "
+                        f"{100 * v['agreement']:.2f}%, float on {100 * v['fallback']:.1f}%, accuracy "
+                        f"{100 * v['fp32_accuracy']:.2f} -> {100 * v['accuracy']:.2f}%")
+                lines.append(line)
+                print(line, file=sys.stderr, flush=True)
+            built = work / "fallback.onnx"
+            onnx.save(F.build(onnx.load(str(ref.onnx_path)), onnx.load(str(int8)), args.margin), str(built))
+            files = {"fp32": ref.onnx_path, "int8": int8, "fallback": built}
+            for s, im in sets.items():
+                p32 = probs[s][0]
+                pb = Q._probabilities(built, im.pixels)
+                entry["file"][s] = {"images": int(len(im.labels)),
+                                    "agreement": float(np.mean(pb.argmax(1) == p32.argmax(1))),
+                                    "changed": int(np.sum(pb.argmax(1) != p32.argmax(1))),
+                                    "int8_agreement": float(np.mean(probs[s][1].argmax(1) == p32.argmax(1))),
+                                    "fallback": float(np.mean(F.close_calls(probs[s][1], args.margin))),
+                                    "fp32_accuracy": float(np.mean(p32.argmax(1) == im.labels)),
+                                    "accuracy": float(np.mean(pb.argmax(1) == im.labels)),
+                                    "max_abs_diff_vs_simulated": float(np.max(np.abs(
+                                        pb - F.simulate(p32, probs[s][1], args.margin))))}
+            npy = work / "test_pixels.npy"
+            np.save(npy, sets["test"].pixels)
+            runs = {p: [] for p in files}
+            for _ in range(args.rounds):
+                for p, f in files.items():
+                    runs[p].append(_speed_on(f, npy, args.seconds))
+            speed = {p: C.median([b["images_per_s"] / a["images_per_s"] for a, b in zip(runs["fp32"], runs[p])])
+                     for p in ("int8", "fallback")}
+            cpu = {p: C.median([a["cpu_ms_per_image"] / b["cpu_ms_per_image"] for a, b in zip(runs["fp32"], runs[p])])
+                   for p in ("int8", "fallback")}
+            sizes = {p: f.stat().st_size for p, f in files.items()}
+            entry.update(runs=runs, speedup_b1=speed, cpu_saving_b1=cpu, bytes=sizes)
+            for s, f in entry["file"].items():
+                lines.append(f"{model_dir} fallback file, margin {args.margin:g}, {s} {f['images']}: agreement "
+                             f"{100 * f['agreement']:.2f}% ({f['changed']} changed; int8 alone "
+                             f"{100 * f['int8_agreement']:.2f}%), float on {100 * f['fallback']:.1f}%, accuracy "
+                             f"{100 * f['fp32_accuracy']:.2f} -> {100 * f['accuracy']:.2f}%, max |p - simulated| "
+                             f"{f['max_abs_diff_vs_simulated']:.1e}")
+            lines.append(f"{model_dir} batch 1 over the test images, vs fp32 (medians of {args.rounds}): int8 "
+                         f"{speed['int8']:.2f}x images/s ({cpu['int8']:.2f}x CPU), fallback {speed['fallback']:.2f}x "
+                         f"({cpu['fallback']:.2f}x CPU); files {', '.join(f'{p} {b / 2**20:.2f} MiB' for p, b in sizes.items())}")
+            print("\n".join(lines[-3:]), file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        record["models"][str(model_dir)] = entry
+    lines.append("command: python bench/int8_pretrained.py " + " ".join(sys.argv[1:]))
+    C.emit("int8_pretrained_fallback", lines, record)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report", "compare"])
+    ap.add_argument("mode", choices=["choose", "sensitivity", "precision", "report", "compare", "fallback"])
     ap.add_argument("models", nargs="+", help="registry version folders (REGISTRY/NAME/VERSION)")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None, help="choose: these only; compare: these")
     ap.add_argument("--method", default="MinMax", choices=["MinMax", "Entropy", "Percentile"],
@@ -405,12 +526,15 @@ def main() -> None:
                          "val split")
     ap.add_argument("--rounds", type=int, default=3, help="report, compare: A B rounds at batch 1")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
+    ap.add_argument("--margins", nargs="+", type=float, default=[0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
+                    help="fallback: the margins swept on val+")
+    ap.add_argument("--margin", type=float, default=0.2, help="fallback: the margin of the file measured")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.mode == "compare" and not args.recipes:
         ap.error("compare needs --recipes NAME...")
     {"choose": choose, "sensitivity": sensitivity, "precision": precision, "report": report,
-     "compare": compare}[args.mode](args)
+     "compare": compare, "fallback": fallback}[args.mode](args)
 
 
 if __name__ == "__main__":
