@@ -546,6 +546,13 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
            max_accuracy_drop: float = typer.Option(C.QUANTIZE_MAX_ACCURACY_DROP, help="--quantize: refuse the "
                                                    "int8 file when its held-out accuracy is more than this "
                                                    "many points below the float file's."),
+           float_fallback: Optional[float] = typer.Option(None, metavar="MARGIN", help="--quantize: also put "
+                                                          "the float network in the int8 file and answer in float "
+                                                          "the images whose int8 top-1 probability is less than "
+                                                          "MARGIN above the second (the only ones whose label int8 "
+                                                          "can change). Costs the float network's time on those "
+                                                          "images and its weights in the file. Default 0: the "
+                                                          "int8 network alone."),
            force: bool = typer.Option(False, "--force", help="Overwrite --out; with --quantize, also keep an "
                                                              "int8 file that fails the agreement check."),
            registry: Optional[Path] = RegistryOpt, quiet: bool = QuietOpt):
@@ -555,6 +562,10 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
     from imgclf.export import export_onnx
 
     ref = reg.resolve(registry, model)
+    if float_fallback is not None and quantize is None:
+        from imgclf.errors import UsageError
+
+        raise UsageError("--float-fallback: only with --quantize int8")
     if quantize is not None:
         from imgclf.console import print_int8_report
         from imgclf.errors import UsageError
@@ -564,7 +575,7 @@ def export(model: str = ModelArg("latest", help="NAME, NAME:VERSION, NAME:TAG, l
             raise UsageError("--check: with --quantize int8, give one folder of class folders")
         report = export_int8(ref, opset, check=check[0] if check else None, calibration=calibration,
                              calibration_count=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                             out=out, force=force, reporter=_reporter(quiet))
+                             out=out, force=force, reporter=_reporter(quiet), float_fallback=float_fallback)
         print_int8_report(report, _reporter(quiet))
         sys.stdout.write((report["out"] or report["path"]) + "\n")
         return

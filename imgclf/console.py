@@ -219,6 +219,12 @@ def print_int8_report(report: dict, reporter: Reporter) -> None:
                   f"{c['fp32_accuracy']:.4f}, int8 {c['int8_accuracy']:.4f} (drop {c['accuracy_drop_points']:.2f} "
                   f"points, limit {c['max_accuracy_drop']:g}); top-1 agreement {c['top1_agreement']:.4f}, max |dp| "
                   f"{c['max_abs_diff']:.2e}; {c['changed_labels']} label(s) changed ({c['changed_csv']})")
+    fb = c.get("float_fallback")
+    if fb:
+        reporter.info(f"float fallback: {100 * fb['answered_in_float']:.1f}% of the check images answered in float "
+                      f"(int8 top-2 margin below {fb['margin']:g}); the int8 network alone agrees "
+                      f"{fb['int8_alone_top1_agreement']:.4f} ({fb['int8_alone_changed_labels']} changed) in a "
+                      f"{fb['int8_alone_bytes'] / 2**20:.2f} MiB file (--float-fallback 0)")
     if not c["passed"]:
         reporter.warn("the int8 file failed the agreement check and was kept because of --force")
     reporter.info(f"{report['path']}: {report['bytes'] / 2**20:.2f} MiB, fp32 {report['fp32_bytes'] / 2**20:.2f} "

@@ -33,7 +33,8 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
-                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
+                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK,
+                           QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
                            QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
 from imgclf.preprocessing import PreprocessingSpec
@@ -224,18 +225,21 @@ class Recipe:
     float_layers: Tuple[str, ...] = ()
     bias_correction: bool = False
     weight_rounding: str = "nearest"        # nearest | gptq
+    float_fallback: float = 0.0
 
     def __post_init__(self):
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise UsageError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
                              f"got {self.weight_rounding!r}")
+        if not (0.0 <= self.float_fallback <= 1.0):
+            raise UsageError(f"--float-fallback must be a probability margin from 0 to 1, got {self.float_fallback:g}")
 
     def describe(self) -> dict:
         return {"method": "static", "format": "QDQ", "weights": "int8", "activations": "uint8",
                 "per_channel": self.per_channel, "calibration_method": self.calibration_method,
                 "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
                 "float_layers": list(self.float_layers), "bias_correction": self.bias_correction,
-                "weight_rounding": self.weight_rounding}
+                "weight_rounding": self.weight_rounding, "float_fallback": self.float_fallback}
 
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
@@ -245,7 +249,8 @@ SCRATCH_RECIPE = Recipe()
 PRETRAINED_RECIPE = Recipe(keep_float=tuple(QUANTIZE_PRETRAINED_KEEP_FLOAT),
                            calibration_method=QUANTIZE_PRETRAINED_CALIBRATION)
 MOBILENET_V2_RECIPE = dataclasses.replace(PRETRAINED_RECIPE, float_layers=tuple(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS),
-                                          bias_correction=QUANTIZE_MOBILENET_V2_BIAS_CORRECTION)
+                                          bias_correction=QUANTIZE_MOBILENET_V2_BIAS_CORRECTION,
+                                          float_fallback=QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK)
 
 
 def recipe_for(metadata: dict) -> Recipe:
@@ -365,11 +370,13 @@ def _save_with_metadata(model, source, info: dict, out_path: Path) -> None:
 
 
 def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: Recipe = SCRATCH_RECIPE,
-                  settings: Optional[dict] = None, calibration_cache: Optional[Path] = None) -> dict:
+                  settings: Optional[dict] = None, calibration_cache: Optional[Path] = None,
+                  int8_only: Optional[Path] = None) -> dict:
     """Write the static-QDQ int8 version of `float_path` to `out_path`, calibrated on `pixels` as `recipe`
     says, with the float file's metadata_props plus the quantization settings. Returns the settings.
     `calibration_cache`: a file of activation ranges, read when it exists (the pixels then unused), else
-    written (for trying several recipes with the same calibration)."""
+    written (for trying several recipes with the same calibration). With `recipe.float_fallback`, `out_path`
+    holds the float network too (fallback.py), and `int8_only`, when given, gets the int8 network alone."""
     import onnx
     import onnxruntime as ort
 
@@ -391,6 +398,12 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
                     onnxruntime=ort.__version__)
         if stored:
             info["memory"] = "stored features int8 (one scale per stored image), arithmetic float"
+        if recipe.float_fallback > 0:
+            from imgclf import fallback
+
+            if int8_only is not None:
+                _save_with_metadata(model, source, dict(info, float_fallback=0.0), int8_only)
+            model = fallback.build(source, model, recipe.float_fallback)
         _save_with_metadata(model, source, info, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -695,11 +708,16 @@ def prepare_images(ref: registry.ModelRef, calibration: Optional[Path] = None, c
 def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, check: Optional[Path] = None,
                    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
                    calibration_count: int = DEFAULT_CALIBRATION_IMAGES, out: Optional[Path] = None,
-                   force: bool = False, reporter=None, images: Optional[Tuple[ImageSet, ImageSet]] = None) -> dict:
+                   force: bool = False, reporter=None, images: Optional[Tuple[ImageSet, ImageSet]] = None,
+                   float_fallback: Optional[float] = None) -> dict:
     """Quantize the model's exported `model.onnx` to `model.int8.onnx` (and `out`, when given) after the
     agreement check. Raises QuantizeError, saving nothing, when the check fails and not `force`.
-    `images`: (calibration, check) from `prepare_images`, else they are prepared here."""
+    `images`: (calibration, check) from `prepare_images`, else they are prepared here. `float_fallback`: the
+    margin of the float fallback (Recipe.float_fallback; None: the architecture's default)."""
     _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    recipe = recipe_for(ref.metadata)
+    if float_fallback is not None:
+        recipe = dataclasses.replace(recipe, float_fallback=float(float_fallback))
     if not ref.onnx_path.is_file():
         raise UsageError(f"model {ref.label} has no ONNX export to quantize; run `imgclf export {ref.label}`")
     class_names = list(ref.metadata["class_names"])
@@ -709,11 +727,23 @@ def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, c
 
     target = ref.path / INT8_FILE
     tmp = target.with_name(f".{INT8_FILE}.{uuid.uuid4().hex[:6]}.part")
+    alone = target.with_name(f".{INT8_FILE}.{uuid.uuid4().hex[:6]}.alone.part")
     try:
-        settings = quantize_file(ref.onnx_path, tmp, calib.pixels, recipe_for(ref.metadata),
+        settings = quantize_file(ref.onnx_path, tmp, calib.pixels, recipe,
                                  settings={"calibration_images": len(calib.paths),
-                                           "calibration_source": calib.source})
+                                           "calibration_source": calib.source},
+                                 int8_only=alone if recipe.float_fallback > 0 else None)
         figures, rows = agreement(ref.onnx_path, tmp, held, class_names)
+        if recipe.float_fallback > 0:
+            from imgclf import fallback
+
+            int8_alone, _ = agreement(ref.onnx_path, alone, held, class_names)
+            share = float(np.mean(fallback.close_calls(_probabilities(alone, held.pixels), recipe.float_fallback)))
+            figures["float_fallback"] = {"margin": recipe.float_fallback, "answered_in_float": round(share, 6),
+                                         "int8_alone_top1_agreement": int8_alone["top1_agreement"],
+                                         "int8_alone_changed_labels": int8_alone["changed_labels"],
+                                         "int8_alone_accuracy": int8_alone["int8_accuracy"],
+                                         "int8_alone_bytes": alone.stat().st_size}
         changed_csv = ref.path / CHANGED_CSV
         _write_changed(changed_csv, rows)
         passed = figures["accuracy_drop_points"] <= max_accuracy_drop
@@ -736,8 +766,9 @@ def quantize_model(ref: registry.ModelRef, calibration: Optional[Path] = None, c
             os.replace(part, out)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for part in (tmp, alone):
+            if part.exists():
+                part.unlink()
     had_rejected = "int8_rejected" in ref.metadata
     registry.update_metadata(ref, int8=record)
     if had_rejected:
@@ -776,11 +807,13 @@ def _drop_metadata_key(ref: registry.ModelRef, key: str) -> None:
 def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None,
                 calibration: Optional[Path] = None, calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
                 max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, out: Optional[Path] = None,
-                force: bool = False, reporter=None) -> dict:
+                force: bool = False, reporter=None, float_fallback: Optional[float] = None) -> dict:
     """`imgclf export MODEL --quantize int8`: export the float ONNX file first when there is none (or it was
     made with another opset), then quantize it. The float file's parity check uses the --check folder's
     images when one is given."""
     _check_arguments(ref, calibration, check, calibration_count, max_accuracy_drop, out, force)
+    if float_fallback is not None:
+        Recipe(float_fallback=float_fallback)          # its range, before any work
     images = prepare_images(ref, calibration, check, calibration_count, reporter)  # before the slow part
     float_report = None
     recorded = (ref.metadata.get("onnx") or {}).get("opset")
@@ -800,6 +833,6 @@ def export_int8(ref: registry.ModelRef, opset: int, check: Optional[Path] = None
                           f"max |dp| {float_report['max_abs_diff']:.2e}")
     report = quantize_model(ref, calibration=calibration, check=check, max_accuracy_drop=max_accuracy_drop,
                             calibration_count=calibration_count, out=out, force=force, reporter=reporter,
-                            images=images)
+                            images=images, float_fallback=float_fallback)
     report["float_export"] = float_report
     return report

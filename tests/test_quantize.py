@@ -233,6 +233,7 @@ def test_calibration_and_check_folders(cnn, tmp_path, split_colours):
     (["--check", "{tmp}", "--check", "{tmp}"], "--check: with --quantize int8, give one folder of class folders"),
     (["--max-accuracy-drop", "nan"], "--max-accuracy-drop must be a number of points, got nan"),
     (["--calibration-images", "0"], "--calibration-images must be at least 1, got 0"),
+    (["--float-fallback", "1.5"], "--float-fallback must be a probability margin from 0 to 1, got 1.5"),
     (["--quantize", "int4"], None),
 ])
 def test_bad_arguments(cnn, tmp_path, args, message):
@@ -246,6 +247,13 @@ def test_bad_arguments(cnn, tmp_path, args, message):
     else:
         assert "int4" in r.output and "int8" in r.output
     assert not (registry / "cnn" / "1" / "model.int8.onnx").exists()
+
+
+def test_float_fallback_needs_quantize(cnn, tmp_path):
+    registry = _copy(cnn[0], tmp_path)
+    r = cli("export", "cnn", "--registry", registry, "--float-fallback", 0.2)
+    assert r.exit_code == 2 and error_line(r) == "error: --float-fallback: only with --quantize int8"
+    assert not (registry / "cnn" / "1" / "model.onnx").exists()
 
 
 def test_training_data_gone(cnn, tmp_path, split_colours):
@@ -352,7 +360,7 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
                   "--epochs", 1, "--fine-tune-epochs", 0, "--batch-size", 8)
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["arch"] == "mobilenet_v2" and meta["memory"]["images"] == 72      # the default's memory is on
-    r = cli("export", "default", "--registry", registry, "--quantize", "int8", "--force")
+    r = cli("export", "default", "--registry", registry, "--quantize", "int8", "--float-fallback", 0.2, "--force")
     assert r.exit_code == 0, r.output
     int8 = json.loads((path / "metadata.json").read_text())["int8"]
     check = int8["check"]
@@ -363,7 +371,14 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     assert int8["float_layers"] == list(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS) and \
         int8["calibration_method"] == QUANTIZE_PRETRAINED_CALIBRATION
     assert int8["memory"].startswith("stored features int8")
-    assert int8["bytes"] < int8["fp32_bytes"] / 2
+    # --float-fallback: the file holds the float network too, for the close calls (fallback.py): the int8
+    # network alone is less than half the float file, the fallback file both
+    fb = check["float_fallback"]
+    assert int8["float_fallback"] == fb["margin"] == 0.2
+    assert 0 <= fb["answered_in_float"] <= 1 and fb["int8_alone_bytes"] < int8["fp32_bytes"] / 2
+    assert int8["fp32_bytes"] < int8["bytes"] < int8["fp32_bytes"] + fb["int8_alone_bytes"] + 2**16
+    assert "answered in float" in r.stderr
+    assert check["top1_agreement"] >= fb["int8_alone_top1_agreement"]
     settings = json.loads({p.key: p.value for p in onnx.load(str(path / "model.int8.onnx")).metadata_props}
                           ["quantization"])
     assert settings["keep_float"] == int8["keep_float"] and settings["float_nodes"] == int8["float_nodes"]
@@ -410,6 +425,17 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     fp = {row["path"]: row["label"] for row in json.loads(r.stdout)}
     assert len(q) == 30 and q.keys() == fp.keys()
     assert sum(q[p][0] == fp[p] for p in fp) / 30 == pytest.approx(check["top1_agreement"], abs=1e-6)
+
+    # the default (--float-fallback 0): the int8 network alone (no If, no float weights), as the fallback
+    # file's check said
+    alone = registry / "alone.int8.onnx"
+    r = cli("export", "default", "--registry", registry, "--quantize", "int8", "--force", "--out", alone)
+    assert r.exit_code == 0, r.output
+    plain = json.loads((path / "metadata.json").read_text())["int8"]
+    assert plain["float_fallback"] == 0 and "float_fallback" not in plain["check"]
+    assert plain["bytes"] < plain["fp32_bytes"] / 2 and alone.stat().st_size == plain["bytes"]
+    assert not [n for n in onnx.load(str(alone)).graph.node if n.op_type == "If"]
+    assert plain["check"]["top1_agreement"] == pytest.approx(fb["int8_alone_top1_agreement"], abs=1e-6)
 
 
 def test_bias_correction_removes_the_mean_error_of_int8_weights(tmp_path):
