@@ -113,6 +113,9 @@ RECIPES = {
     # the rebuilt Fashion-MNIST model (alone int8: 95.0% agreement on val, mean TV 0.046, 3-10x any other block)
     "scale-stem-b13-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + ("block_13",),
                               bias_correction=True),
+    "scale-stem-b2-3-13-bc": dict(keep_float=BASE + ("features",),
+                                  float_layers=("scale",) + STEM + ("block_2", "block_3", "block_13"),
+                                  bias_correction=True),
     "scale-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True),
     "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
