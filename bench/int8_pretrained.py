@@ -397,17 +397,22 @@ def _compare_one(ref, model_dir: Path, name: str, calib, sets: dict, args, work:
     return record, line
 
 
-def compare(args) -> None:
-    """The named recipes side by side on val+ and test, with batch-1 speed (see the module's docstring)."""
+def _model_sets(model_dir: Path, extra=None):
+    """(model ref, calibration images as `imgclf export` takes them, {"val+": val split plus `extra`, "test"})."""
     from imgclf import quantize as Q
     from imgclf import registry
 
+    ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
+    calib, test = Q.prepare_images(ref)
+    return ref, calib, {"val+": _val_images(ref, Q._model_splits(ref, "--check DIR"), extra), "test": test}
+
+
+def compare(args) -> None:
+    """The named recipes side by side on val+ and test, with batch-1 speed (see the module's docstring)."""
+
     lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "models": {}}
     for k, model_dir in enumerate(map(Path, args.models)):
-        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
-        calib, test = Q.prepare_images(ref)
-        sets = {"val+": _val_images(ref, Q._model_splits(ref, "--check DIR"), args.extra[k] if args.extra else None),
-                "test": test}
+        ref, calib, sets = _model_sets(model_dir, args.extra[k] if args.extra else None)
         work = Path(tempfile.mkdtemp(prefix="int8-compare-"))
         entry = {}
         try:
@@ -459,15 +464,11 @@ def fallback(args) -> None:
 
     from imgclf import fallback as F
     from imgclf import quantize as Q
-    from imgclf import registry
 
     lines, record = [], {"rounds": args.rounds, "seconds_per_child": args.seconds, "margin": args.margin,
                          "margins": args.margins, "models": {}}
     for k, model_dir in enumerate(map(Path, args.models)):
-        ref = registry.resolve(model_dir.parent.parent, f"{model_dir.parent.name}:{model_dir.name}")
-        calib, test = Q.prepare_images(ref)
-        sets = {"val+": _val_images(ref, Q._model_splits(ref, "--check DIR"), args.extra[k] if args.extra else None),
-                "test": test}
+        ref, calib, sets = _model_sets(model_dir, args.extra[k] if args.extra else None)
         work = Path(tempfile.mkdtemp(prefix="int8-fallback-"))
         entry = {"sweep": {}, "file": {}}
         try:
