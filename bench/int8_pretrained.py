@@ -8,7 +8,8 @@ nearest-neighbour memory the default adds).
     python bench/int8_pretrained.py precision MODEL_DIR... [--extra DIR...]
     python bench/int8_pretrained.py report MODEL_DIR... [--rounds R] [--seconds S]
     python bench/int8_pretrained.py compare MODEL_DIR... --extra DIR... --recipes NAME... [--rounds R] [--seconds S]
-    python bench/int8_pretrained.py fallback MODEL_DIR... --extra DIR... [--margins M...] [--margin M] [--rounds R]
+    python bench/int8_pretrained.py fallback MODEL_DIR... --extra DIR... [--margins M...] [--margin M] [--recipe NAME]
+        [--rounds R]
 
 MODEL_DIR: a registry version folder (REGISTRY/NAME/VERSION) whose training data is still where
 metadata.json says.
@@ -33,7 +34,7 @@ report: `imgclf export NAME --quantize int8 --force` with the defaults (the reci
 compare: each named recipe (e.g. the default scale-stem-bc against scale-stem-bc-gptq) quantized as `imgclf
   export` does (its 300 calibration images), scored on val+ (the recipe is chosen on these) and on the test
   split (reported only), then batch-1 speed, fp32 and int8 interleaved (--rounds), as report.
-fallback: the default int8 file with a float fallback for close calls (imgclf/fallback.py): top-1 agreement,
+fallback: the default int8 file (or --recipe's) with a float fallback for close calls (imgclf/fallback.py): top-1 agreement,
   accuracy and the share of images answered in float against the margin, on val+ (the margin is chosen on
   these); then the real fallback file at --margin on val+ and test, and batch-1 speed over the test split's
   images (each image at least once: the fallback's cost depends on the image), fp32, int8 and fallback
@@ -117,6 +118,14 @@ RECIPES = {
                                   float_layers=("scale",) + STEM + ("block_2", "block_3", "block_13"),
                                   bias_correction=True),
     "scale-bc": dict(keep_float=BASE + ("features",), float_layers=("scale",), bias_correction=True),
+    # ... and the residual streams' channels equalized before calibration (Recipe.equalize, imgclf/equalize.py;
+    # the float network unchanged), at strength 1 (full ratio of ranges, capped) and 0.5
+    "scale-stem-bc-eq": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True,
+                             equalize=1.0),
+    "scale-stem-bc-eq05": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM, bias_correction=True,
+                               equalize=0.5),
+    "scale-stem-b13-bc-eq": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + ("block_13",),
+                                 bias_correction=True, equalize=1.0),
     "scale-stem-block6": dict(keep_float=BASE + ("features",), float_layers=("scale",) + STEM + BLOCKS[:6]),
     "features-aug": dict(keep_float=BASE + ("features",)),          # + augmented calibration images
     "features-1000": dict(keep_float=BASE + ("features",)),         # 1,000 calibration images
@@ -199,7 +208,7 @@ def choose(args) -> None:
                 out = work / f"{name}.onnx"
                 recipe = Q.Recipe(**RECIPES[name])
                 # the same images and method calibrate to the same ranges: computed once
-                cache = work / f"{len(pixels)}-{name.endswith('-aug')}-{recipe.calibration_method}.ranges"
+                cache = work / f"{len(pixels)}-{name.endswith('-aug')}-{recipe.calibration_method}-eq{recipe.equalize:g}.ranges"
                 try:
                     info = Q.quantize_file(ref.onnx_path, out, pixels, recipe, calibration_cache=cache)
                 except Q.QuantizeError as e:
@@ -383,8 +392,9 @@ def _compare_one(ref, model_dir: Path, name: str, calib, sets: dict, args, work:
     from imgclf import quantize as Q
 
     out = work / f"{name}.onnx"
-    info = Q.quantize_file(ref.onnx_path, out, calib, Q.Recipe(**RECIPES[name]),
-                           calibration_cache=work / "MinMax.ranges")
+    recipe = Q.Recipe(**RECIPES[name])
+    # (equalized graphs have other activation ranges: one cache per strength)
+    info = Q.quantize_file(ref.onnx_path, out, calib, recipe, calibration_cache=work / f"MinMax-eq{recipe.equalize:g}.ranges")
     figures = {k: Q.agreement(ref.onnx_path, out, images, ref.metadata["class_names"])[0] for k, images in sets.items()}
     runs = [(_speed(ref.onnx_path, 1, args.seconds), _speed(out, 1, args.seconds)) for _ in range(args.rounds)]
     wall = C.median([b["images_per_s"] / a["images_per_s"] for a, b in runs])
@@ -473,8 +483,8 @@ def fallback(args) -> None:
         entry = {"sweep": {}, "file": {}}
         try:
             int8 = work / "int8.onnx"
-            Q.quantize_file(ref.onnx_path, int8, calib.pixels,
-                            dataclasses.replace(Q.recipe_for(ref.metadata), float_fallback=0.0))
+            recipe = Q.Recipe(**RECIPES[args.recipe]) if args.recipe else Q.recipe_for(ref.metadata)
+            Q.quantize_file(ref.onnx_path, int8, calib.pixels, dataclasses.replace(recipe, float_fallback=0.0))
             probs = {s: (Q._probabilities(ref.onnx_path, im.pixels), Q._probabilities(int8, im.pixels))
                      for s, im in sets.items()}
             for m in args.margins:
@@ -554,6 +564,8 @@ def main() -> None:
     ap.add_argument("--margins", nargs="+", type=float, default=[0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
                     help="fallback: the margins swept on val+")
     ap.add_argument("--margin", type=float, default=0.2, help="fallback: the margin of the file measured")
+    ap.add_argument("--recipe", choices=list(RECIPES), default=None,
+                    help="fallback: the int8 network's recipe (default: the model's default recipe)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.mode == "compare" and not args.recipes:

@@ -33,7 +33,8 @@ import numpy as np
 
 from imgclf import memory, registry
 from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DROP,
-                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK,
+                           QUANTIZE_MOBILENET_V2_BIAS_CORRECTION, QUANTIZE_MOBILENET_V2_EQUALIZE,
+                           QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK,
                            QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
                            QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
@@ -215,6 +216,9 @@ class Recipe:
       "nearest" (the quantizer's own), or "gptq": column by column, each column's rounding error spread over
       the columns not yet rounded so as to keep the layer's output on calibration images (Frantar et al. 2022,
       "GPTQ"; Optimal Brain Quantization). Same scales, zero points and int8 range: the graph is unchanged.
+    equalize: before calibration, each activation channel is scaled towards its tensor's full range and the
+      convolutions reading it are scaled back (equalize.py), so small channels get more of the uint8 steps;
+      the value is the strength (0 off, 1 the full ratio of ranges, capped).
     """
 
     per_channel: bool = True
@@ -226,11 +230,14 @@ class Recipe:
     bias_correction: bool = False
     weight_rounding: str = "nearest"        # nearest | gptq
     float_fallback: float = 0.0
+    equalize: float = 0.0
 
     def __post_init__(self):
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise UsageError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
                              f"got {self.weight_rounding!r}")
+        if self.equalize < 0:
+            raise UsageError(f"equalize must be a strength of 0 or more, got {self.equalize:g}")
         if not (0.0 <= self.float_fallback <= 1.0):
             raise UsageError(f"--float-fallback must be a probability margin from 0 to 1, got {self.float_fallback:g}")
 
@@ -239,7 +246,8 @@ class Recipe:
                 "per_channel": self.per_channel, "calibration_method": self.calibration_method,
                 "symmetric_activations": self.symmetric_activations, "keep_float": list(self.keep_float), "float_tail_convs": self.float_tail_convs,
                 "float_layers": list(self.float_layers), "bias_correction": self.bias_correction,
-                "weight_rounding": self.weight_rounding, "float_fallback": self.float_fallback}
+                "weight_rounding": self.weight_rounding, "float_fallback": self.float_fallback,
+                "equalize": self.equalize}
 
 
 #: the cnn's recipe (issue 13): 99.55% agreement on Fashion-MNIST
@@ -250,7 +258,8 @@ PRETRAINED_RECIPE = Recipe(keep_float=tuple(QUANTIZE_PRETRAINED_KEEP_FLOAT),
                            calibration_method=QUANTIZE_PRETRAINED_CALIBRATION)
 MOBILENET_V2_RECIPE = dataclasses.replace(PRETRAINED_RECIPE, float_layers=tuple(QUANTIZE_MOBILENET_V2_FLOAT_LAYERS),
                                           bias_correction=QUANTIZE_MOBILENET_V2_BIAS_CORRECTION,
-                                          float_fallback=QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK)
+                                          float_fallback=QUANTIZE_MOBILENET_V2_FLOAT_FALLBACK,
+                                          equalize=QUANTIZE_MOBILENET_V2_EQUALIZE)
 
 
 def recipe_for(metadata: dict) -> Recipe:
@@ -385,6 +394,7 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
     try:
         prepared, raw = work / "prepared.onnx", work / "int8.onnx"
         _prepare(float_path, prepared)
+        equalized = _equalize(prepared, pixels, recipe.equalize) if recipe.equalize > 0 else 0
         graph = onnx.load(str(prepared)).graph
         keep = float_nodes(graph, recipe)
         _quantize_static(prepared, raw, pixels, source.graph.input[0].name, recipe, keep, calibration_cache)
@@ -393,6 +403,7 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
         corrected = _correct_biases(prepared, model, pixels) if recipe.bias_correction else 0
         stored = _int8_memory_features(model)
         info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep), bias_corrected_convs=corrected,
+                    equalized_tensors=equalized,
                     gptq_rounded_convs=rounded,
                     float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep)}),
                     onnxruntime=ort.__version__)
@@ -408,6 +419,18 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
+
+
+def _equalize(prepared: Path, pixels: np.ndarray, strength: float) -> int:
+    """Recipe.equalize on the prepared float file, in place (equalize.py); returns the tensor groups rescaled."""
+    import onnx
+
+    from imgclf import equalize
+
+    model = onnx.load(str(prepared))
+    done = equalize.equalize(model, pixels, strength)
+    onnx.save(model, str(prepared))
+    return done
 
 
 #: calibration images whose float activations give the bias correction its mean inputs

@@ -405,6 +405,9 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
         assert not set(n.output) & quantized_in and n.input[0] not in dequantized, f"{n.name}: quantized"
     # every int8 convolution's bias absorbed its int8 weights' mean error (test_bias_correction says how well)
     assert int8["bias_correction"] is True and int8["bias_corrected_convs"] == 49, int8
+    # before calibration, the 7 residual streams (one per resolution and width: 16, 24, 32, 64, 96, 160, 320
+    # channels) were equalized (test_equalize.py says what that does)
+    assert int8["equalize"] == 1.0 and int8["equalized_tensors"] == 7, int8
     # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
     pooled = [n for n in graph.node if _in_layer(n, "gap")]
     head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
