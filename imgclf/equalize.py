@@ -32,8 +32,6 @@ EQUALIZE_IMAGES = 300
 def _groups(graph) -> Tuple[List[dict], Dict[str, object]]:
     """The residual streams of `graph` that can be equalized: [{"tensors", "writers", "readers"}], each
     written only by convolutions and the Adds between its tensors, and read only by convolutions."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     consumers: Dict[str, list] = {}
@@ -107,16 +105,15 @@ def _channels(node, inits) -> int:
 def _ranges(model, tensors: Sequence[str], pixels: np.ndarray, batch: int = 16) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """{tensor: (min, max) per channel} of NCHW `tensors` of `model` over `pixels`."""
     import onnx
-    import onnxruntime as ort
+
+    from imgclf.quantize import _session_of
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                               for t in tensors if t not in have)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = _session_of(probe.SerializeToString())
     name = sess.get_inputs()[0].name
     out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     for i in range(0, len(pixels), batch):
@@ -135,11 +132,12 @@ def equalize(model, pixels: np.ndarray, strength: float = 1.0) -> int:
     if not groups:
         return 0
     ranges = _ranges(model, sorted({t for g in groups for t in g["tensors"]}), pixels[:EQUALIZE_IMAGES])
-    arrays = {}
+    arrays, dtypes = {}, {}
 
     def array(name):
         if name not in arrays:
-            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32).copy()
+            original = numpy_helper.to_array(inits[name])
+            arrays[name], dtypes[name] = original.astype(np.float32), original.dtype
         return arrays[name]
 
     # a weight shared by two convolutions cannot take two scalings: such groups are left alone
@@ -166,5 +164,5 @@ def equalize(model, pixels: np.ndarray, strength: float = 1.0) -> int:
                 array(r.input[1])[...] /= scale.reshape(1, -1, 1, 1)
         done += 1
     for name, value in arrays.items():
-        inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(inits[name]).dtype), name))
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(dtypes[name]), name))
     return done

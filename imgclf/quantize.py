@@ -216,9 +216,9 @@ class Recipe:
       "nearest" (the quantizer's own), or "gptq": column by column, each column's rounding error spread over
       the columns not yet rounded so as to keep the layer's output on calibration images (Frantar et al. 2022,
       "GPTQ"; Optimal Brain Quantization). Same scales, zero points and int8 range: the graph is unchanged.
-    equalize: before calibration, each activation channel is scaled towards its tensor's full range and the
-      convolutions reading it are scaled back (equalize.py), so small channels get more of the uint8 steps;
-      the value is the strength (0 off, 1 the full ratio of ranges, capped).
+    equalize: before calibration, each residual stream's channels are scaled towards the stream's full range
+      and the convolutions reading it are scaled back (equalize.py; the float network unchanged), so small
+      channels get more of the uint8 steps; the value is the strength (0 off, 1 the full ratio of ranges, capped).
     """
 
     per_channel: bool = True
@@ -403,7 +403,7 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
         corrected = _correct_biases(prepared, model, pixels) if recipe.bias_correction else 0
         stored = _int8_memory_features(model)
         info = dict(settings or {}, **recipe.describe(), float_nodes=len(keep), bias_corrected_convs=corrected,
-                    equalized_tensors=equalized,
+                    equalized_streams=equalized,
                     gptq_rounded_convs=rounded,
                     float_ops=sorted({n.op_type for n in graph.node if n.name in set(keep)}),
                     onnxruntime=ort.__version__)
@@ -422,7 +422,7 @@ def quantize_file(float_path: Path, out_path: Path, pixels: np.ndarray, recipe: 
 
 
 def _equalize(prepared: Path, pixels: np.ndarray, strength: float) -> int:
-    """Recipe.equalize on the prepared float file, in place (equalize.py); returns the tensor groups rescaled."""
+    """Recipe.equalize on the prepared float file, in place (equalize.py); returns the residual streams rescaled."""
     import onnx
 
     from imgclf import equalize

@@ -84,7 +84,7 @@ def test_equalized_int8_reads_small_channels_in_finer_steps(tmp_path):
     for strength in (0.0, 1.0):
         out = tmp_path / f"int8-{strength}.onnx"
         info = Q.quantize_file(tmp_path / "fp32.onnx", out, x, Q.Recipe(equalize=strength))
-        assert info["equalize"] == strength and info["equalized_tensors"] == (1 if strength else 0)
+        assert info["equalize"] == strength and info["equalized_streams"] == (1 if strength else 0)
         errors[strength] = float(np.abs(Q._probabilities(out, held) - want).mean())
     assert errors[1.0] < 0.5 * errors[0.0], errors
 

@@ -407,7 +407,7 @@ def test_pretrained_default_with_memory_int8(tmp_path_factory, split_colours):
     assert int8["bias_correction"] is True and int8["bias_corrected_convs"] == 49, int8
     # before calibration, the 7 residual streams (one per resolution and width: 16, 24, 32, 64, 96, 160, 320
     # channels) were equalized (test_equalize.py says what that does)
-    assert int8["equalize"] == 1.0 and int8["equalized_tensors"] == 7, int8
+    assert int8["equalize"] == 1.0 and int8["equalized_streams"] == 7, int8
     # the pooled features and all after them compute in float: float weights, float inputs, nothing re-quantized
     pooled = [n for n in graph.node if _in_layer(n, "gap")]
     head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _in_layer(n, "probabilities")]
