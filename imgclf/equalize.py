@@ -106,14 +106,14 @@ def _ranges(model, tensors: Sequence[str], pixels: np.ndarray, batch: int = 16) 
     """{tensor: (min, max) per channel} of NCHW `tensors` of `model` over `pixels`."""
     import onnx
 
-    from imgclf.quantize import _session_of
+    from imgclf.onnx_meta import cpu_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                               for t in tensors if t not in have)
-    sess = _session_of(probe.SerializeToString())
+    sess = cpu_session(probe.SerializeToString())
     name = sess.get_inputs()[0].name
     out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     for i in range(0, len(pixels), batch):

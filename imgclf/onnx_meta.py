@@ -1,5 +1,6 @@
 """The imgclf metadata inside an exported .onnx file (metadata_props): written by export, read by the
-registry (a standalone .onnx given as MODEL) and by predict. Needs only the `onnx` package.
+registry (a standalone .onnx given as MODEL) and by predict; and the quiet onnxruntime CPU session that
+export, quantize and equalize run ONNX files with. Needs only the `onnx` package (and `onnxruntime` for a session).
 """
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def read_onnx_metadata(path) -> dict:
     if METADATA_KEY not in props:
         raise UsageError(f"{path}: ONNX file has no imgclf metadata (class names, preprocessing)")
     return json.loads(props[METADATA_KEY])
+
+
+def cpu_session(model):
+    """A quiet onnxruntime CPU session of `model` (a path or serialized bytes)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])

@@ -38,6 +38,7 @@ from imgclf.config import (QUANTIZE_CALIBRATION_IMAGES, QUANTIZE_MAX_ACCURACY_DR
                            QUANTIZE_MOBILENET_V2_FLOAT_LAYERS,
                            QUANTIZE_PRETRAINED_CALIBRATION, QUANTIZE_PRETRAINED_KEEP_FLOAT)
 from imgclf.errors import DataError, QuantizeError, UsageError
+from imgclf.onnx_meta import cpu_session
 from imgclf.preprocessing import PreprocessingSpec
 
 INT8_FILE = registry.INT8_ONNX_FILE
@@ -445,7 +446,7 @@ def _channel_means(path: Path, tensors: Sequence[str], pixels: np.ndarray, batch
     name = model.graph.input[0].name
     inner = [t for t in tensors if t != name]        # (the graph's input is the pixels themselves)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inner)
-    sess = _session_of(model.SerializeToString())
+    sess = cpu_session(model.SerializeToString())
     sums = {t: 0.0 for t in tensors}
     for i in range(0, len(pixels), batch):
         x = pixels[i:i + batch].astype(np.float32)
@@ -560,7 +561,7 @@ def _hessians(path: Path, convs: Sequence[Tuple[object, Tuple[int, ...]]], pixel
     name = model.graph.input[0].name
     inner = sorted({node.input[0] for node, _ in convs} - {name})
     model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inner)
-    sess = _session_of(model.SerializeToString())
+    sess = cpu_session(model.SerializeToString())
     sums = {}
     for i in range(0, len(pixels), batch):
         x = pixels[i:i + batch].astype(np.float32)
@@ -663,21 +664,8 @@ def _int8_memory_features(model) -> int:
 
 # --------------------------------------------------------------------------------------- the check
 
-def _session_of(model) -> "object":
-    """An onnxruntime CPU session of `model` (a path or serialized bytes), quiet."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-def _session(path: Path):
-    return _session_of(str(path))
-
-
 def _probabilities(path: Path, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
-    sess = _session(path)
+    sess = cpu_session(path)
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: pixels[i:i + batch].astype(np.float32)})[0] for i in range(0, len(pixels), batch)]
     return np.concatenate(out)
