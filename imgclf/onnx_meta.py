@@ -1,6 +1,6 @@
 """The imgclf metadata inside an exported .onnx file (metadata_props): written by export, read by the
 registry (a standalone .onnx given as MODEL) and by predict; and the quiet onnxruntime CPU session that
-export, quantize and equalize run ONNX files with. Needs only the `onnx` package (and `onnxruntime` for a session).
+quantize and equalize run ONNX files with. Needs only the `onnx` package (and `onnxruntime` for a session).
 """
 from __future__ import annotations
 
